@@ -1,0 +1,230 @@
+"""``create_app(settings)``: the outer pure-ASGI gateway and the wiring of everything else.
+
+The only module that wires things together. The gateway is a plain ASGI callable:
+
+- ``lifespan``: opens the registry store, loads the worker snapshot and starts following the
+  registry, creates the upstream connection pool; closes them all on shutdown;
+- ``http``: normalise the host, route (pure), then either forward to the worker (hot path: no
+  Starlette objects, no database round trip when the custom-domain answer is cached) or hand
+  the request to the control-plane Starlette app; exactly one access line per request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import structlog
+
+from dispatcher.control.app import REQUEST_ID_KEY, create_control_app
+from dispatcher.domains import CustomDomainResolver
+from dispatcher.errors import DispatcherError
+from dispatcher.hosts import normalize_host
+from dispatcher.logging import access_logger
+from dispatcher.proxy._h1pool import H1Pool
+from dispatcher.proxy.headers import RequestIds
+from dispatcher.proxy.http import Exchange, Forwarder
+from dispatcher.proxy.transport import UpstreamTransport
+from dispatcher.responses import send_error
+from dispatcher.routing import Route, RoutingTable, resolve_control, resolve_tenant
+from dispatcher.settings import Settings
+from workers_registry.changes import RegistryFollower, RegistrySnapshot
+from workers_registry.store import RegistryStore
+
+__all__ = ["Gateway", "create_app"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_log = structlog.get_logger("dispatcher")
+
+
+class Gateway:
+    """The dispatcher as one ASGI application."""
+
+    def __init__(self, settings: Settings, transport: UpstreamTransport | None = None) -> None:
+        self.settings = settings
+        self.ids = RequestIds()
+        self.transport: UpstreamTransport = transport or H1Pool()
+        self.forwarder = Forwarder(settings, self.transport, self.ids)
+        self.table = self._table(RegistrySnapshot(version=-1, workers=()))
+        self.store: RegistryStore | None = None
+        self.follower: RegistryFollower | None = None
+        self.domains: CustomDomainResolver | None = None
+        self.control = create_control_app(settings, self)
+        self._access = access_logger()
+
+    # -- state the control plane reads -------------------------------------------------------
+
+    @property
+    def worker_count(self) -> int:
+        return len(self.table.workers)
+
+    # -- ASGI ---------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:  # WebSockets: refused until the WebSocket forwarder lands
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        exchange = Exchange()
+        host_header = b""
+        try:
+            for name, value in scope["headers"]:
+                if name == b"host":
+                    host_header = value
+                    break
+            host = normalize_host(host_header.decode("latin-1"))
+            raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+            query = scope["query_string"]
+            table = self.table
+            if table.is_control_host(host):
+                decision = resolve_control(raw_path, query, table, method=scope["method"])
+                if not isinstance(decision, Route):
+                    await self._control(scope, receive, send, exchange)
+                    return
+                route = decision
+            else:
+                assert self.domains is not None, "lifespan has not run"
+                answer = self.domains.cached(host)
+                if answer is False:
+                    answer = await self.domains.resolve(host)
+                route = resolve_tenant(host, raw_path, query, table, answer)
+            await self.forwarder.forward(scope, receive, send, route, exchange)
+        except DispatcherError as exc:
+            await self._fail(scope, send, exc, exchange)
+        except Exception:
+            _log.exception("unhandled_error", request_id=exchange.request_id)
+            await self._fail(scope, send, DispatcherError(), exchange)
+        finally:
+            self._log_access(scope, host_header, exchange, started)
+
+    async def _control(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:
+        exchange.request_id = self.ids.pick(_header(scope, b"x-request-id"))
+        exchange.route = "control"
+        scope[REQUEST_ID_KEY] = exchange.request_id
+        rid = exchange.request_id.encode("ascii")
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                exchange.status = message["status"]
+                exchange.response_started = True
+                headers = [(k, v) for k, v in message.get("headers", ()) if k != b"x-request-id"]
+                headers.append((b"x-request-id", rid))
+                message["headers"] = headers
+            elif message["type"] == "http.response.body":
+                exchange.bytes_out += len(message.get("body", b""))
+            await send(message)
+
+        await self.control(scope, receive, send_with_id)
+
+    async def _fail(self, scope: Scope, send: Send, exc: DispatcherError, exchange: Exchange) -> None:
+        if exchange.response_started:
+            return  # too late for a status line; the connection closes when we return
+        if not exchange.request_id:
+            exchange.request_id = self.ids.pick(_header(scope, b"x-request-id"))
+        exchange.status = exc.status
+        exchange.bytes_out += await send_error(
+            send, exc, exchange.request_id, head=scope["method"] == "HEAD"
+        )
+
+    def _log_access(
+        self, scope: Scope, host_header: bytes, exchange: Exchange, started: float
+    ) -> None:
+        client = scope.get("client")
+        self._access.info(
+            "request",
+            request_id=exchange.request_id,
+            method=scope["method"],
+            host=host_header.decode("latin-1"),
+            path=scope["path"],
+            status=exchange.status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            route=exchange.route or None,
+            worker=exchange.worker or None,
+            upstream=exchange.upstream or None,
+            bytes_in=exchange.bytes_in,
+            bytes_out=exchange.bytes_out,
+            client_ip=client[0] if client else None,
+        )
+
+    # -- lifespan -----------------------------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    _log.exception("startup_failed")
+                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        """Open the registry, load the snapshot and start following it."""
+        settings = self.settings
+        self.store = RegistryStore.from_url(
+            settings.async_database_url, connect_timeout=settings.connect_timeout
+        )
+        self.domains = CustomDomainResolver(
+            self.store.lookup_domain,
+            ttl=settings.domain_cache_ttl,
+            negative_ttl=settings.domain_negative_ttl,
+            maxsize=settings.domain_cache_size,
+        )
+        self.follower = RegistryFollower(
+            self.store,
+            poll_interval=settings.registry_poll_interval,
+            on_change=self._apply_snapshot,
+        )
+        await self.follower.start()
+        if not self.follower.healthy:
+            _log.warning("registry_unreachable_at_start")
+
+    async def shutdown(self) -> None:
+        if self.follower is not None:
+            await self.follower.aclose()
+        await self.transport.aclose()
+        if self.store is not None:
+            await self.store.aclose()
+
+    def _apply_snapshot(self, snapshot: RegistrySnapshot) -> None:
+        self.table = self._table(snapshot)
+        if self.domains is not None:
+            # The version poll cannot say which domain changed: forget them all.
+            self.domains.invalidate()
+
+    def _table(self, snapshot: RegistrySnapshot) -> RoutingTable:
+        return RoutingTable.build(
+            base_domains=self.settings.base_domains,
+            control_hosts=self.settings.control_hosts,
+            reserved=self.settings.reserved,
+            workers=snapshot.workers,
+        )
+
+
+def create_app(settings: Settings, *, transport: UpstreamTransport | None = None) -> Gateway:
+    """The dispatcher ASGI app for ``settings`` (run it with uvicorn, lifespan on)."""
+    return Gateway(settings, transport)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None

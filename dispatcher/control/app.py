@@ -1,0 +1,112 @@
+"""The dispatcher's own endpoints (Starlette), served on control hosts only.
+
+The gateway hands a request here only when routing said "control plane"; tenant hosts never
+reach this app. Every error is the contract's JSON shape with the gateway's request id.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dispatcher import __version__
+from dispatcher.errors import DispatcherError, MethodNotAllowed, NotFound
+from dispatcher.responses import error_body
+from dispatcher.settings import Settings
+
+__all__ = ["REQUEST_ID_KEY", "ControlState", "create_control_app"]
+
+#: The scope key under which the gateway leaves the request id for the control plane.
+REQUEST_ID_KEY = "dispatcher.request_id"
+
+
+class ControlState(Protocol):
+    """What the control plane may read about the running dispatcher."""
+
+    @property
+    def worker_count(self) -> int: ...
+
+
+def create_control_app(settings: Settings, state: ControlState) -> Starlette:
+    """Build the control-plane app for ``settings``."""
+
+    async def info(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "service": "dispatcher",
+                "version": __version__,
+                "base_domains": list(settings.base_domains),
+                "docs": "/docs",
+            }
+        )
+
+    async def health(request: Request) -> Response:
+        # Liveness only: no I/O, so a slow database never fails a liveness probe.
+        return JSONResponse({"status": "ok", "service": "dispatcher", "version": __version__})
+
+    async def dispatch_info(request: Request) -> Response:
+        base = request.url.path.rstrip("/")
+        return JSONResponse(
+            {
+                "service": "dispatcher",
+                "workers": state.worker_count,
+                "routes": {
+                    "subdomain": [f"<worker>.{domain}" for domain in settings.base_domains],
+                    "path": f"{base}/<worker>/<path>",
+                    "query": f"{base}?worker=<worker>",
+                    "custom_domain": "any registered custom domain",
+                },
+            }
+        )
+
+    routes = [
+        Route("/", info, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/dispatch", dispatch_info, methods=["GET"]),
+        Route("/dispatch/", dispatch_info, methods=["GET"]),
+        Route("/api/dispatch", dispatch_info, methods=["GET"]),
+        Route("/api/dispatch/", dispatch_info, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={
+            HTTPException: _http_exception,
+            DispatcherError: _dispatcher_error,
+        },
+    )
+
+
+def request_id_of(request: Request) -> str:
+    return str(request.scope.get(REQUEST_ID_KEY, ""))
+
+
+def error_response(exc: DispatcherError, request: Request) -> Response:
+    """The contract's JSON error as a Starlette response (for control-plane handlers)."""
+    return Response(
+        error_body(exc, request_id_of(request)),
+        status_code=exc.status,
+        media_type="application/json",
+        headers={"cache-control": "no-store", **exc.headers},
+    )
+
+
+async def _dispatcher_error(request: Request, exc: Any) -> Response:
+    return error_response(exc, request)
+
+
+async def _http_exception(request: Request, exc: Any) -> Response:
+    assert isinstance(exc, HTTPException)
+    error: DispatcherError
+    if exc.status_code == 405:
+        error = MethodNotAllowed(f"Method {request.method} is not allowed here")
+        error.headers.update(exc.headers or {})
+    elif exc.status_code == 404:
+        error = NotFound(f"No route for {request.url.path}")
+    else:
+        error = DispatcherError()
+    return error_response(error, request)

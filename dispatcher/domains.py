@@ -1,0 +1,127 @@
+"""Custom-domain resolver: the registry lookup behind a TTL cache.
+
+- positive answers live ``ttl`` seconds, negative answers (unknown host) ``negative_ttl``;
+- the cache is bounded (LRU, ``maxsize`` hosts) so hostile hosts cannot grow memory;
+- single-flight: many concurrent misses for one host share one registry query;
+- stale-if-error: when the registry cannot answer, the last known answer (even expired) is
+  served and the failure logged; with nothing known the answer is ``UNAVAILABLE``. A failure
+  is remembered for ``error_ttl`` seconds so an outage does not cost one timeout per request.
+
+The resolver knows nothing about HTTP; routing decides what an answer means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import structlog
+from cachetools import LRUCache
+
+from dispatcher.errors import RegistryUnavailable
+from dispatcher.routing import UNAVAILABLE, DomainAnswer
+from workers_registry.models import CustomDomain
+
+__all__ = ["CustomDomainResolver", "DomainLookup"]
+
+DomainLookup = Callable[[str], Awaitable[CustomDomain | None]]
+
+_log = structlog.get_logger("dispatcher.domains")
+
+
+@dataclass(slots=True)
+class _Entry:
+    answer: CustomDomain | None
+    expires_at: float
+
+
+class CustomDomainResolver:
+    """Answers "which custom domain entry is ``host``?" with as few queries as possible."""
+
+    def __init__(
+        self,
+        lookup: DomainLookup,
+        *,
+        ttl: float,
+        negative_ttl: float,
+        maxsize: int,
+        error_ttl: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._lookup = lookup
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._error_ttl = error_ttl
+        self._clock = clock
+        self._cache: LRUCache[str, _Entry] = LRUCache(maxsize=maxsize)
+        self._failed: LRUCache[str, float] = LRUCache(maxsize=min(maxsize, 10_000))
+        self._inflight: dict[str, asyncio.Task[DomainAnswer]] = {}
+        self.hits = 0
+        self.misses = 0
+        self.queries = 0
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    @property
+    def hit_ratio(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+    def cached(self, host: str) -> CustomDomain | Literal[False] | None:
+        """A fresh cached answer for ``host``, or ``False`` when a lookup is needed.
+
+        Synchronous so the hot path pays no ``await`` on a hit.
+        """
+        entry = self._cache.get(host)
+        if entry is not None and entry.expires_at > self._clock():
+            self.hits += 1
+            return entry.answer
+        return False
+
+    async def resolve(self, host: str) -> DomainAnswer:
+        """The registry's answer for ``host``: a domain entry, ``None``, or ``UNAVAILABLE``."""
+        answer = self.cached(host)
+        if answer is not False:
+            return answer
+        self.misses += 1
+        pending = self._inflight.get(host)
+        if pending is None:
+            # One task per miss, shared by every concurrent request for the host; shielded so
+            # a client that disconnects does not cancel the lookup the others wait for.
+            pending = asyncio.get_running_loop().create_task(self._refresh(host))
+            self._inflight[host] = pending
+            pending.add_done_callback(lambda _: self._inflight.pop(host, None))
+        return await asyncio.shield(pending)
+
+    def invalidate(self, host: str | None = None) -> None:
+        """Forget ``host`` (or everything) so the next request asks the registry."""
+        if host is None:
+            self._cache.clear()
+            self._failed.clear()
+        else:
+            self._cache.pop(host, None)
+            self._failed.pop(host, None)
+
+    async def _refresh(self, host: str) -> DomainAnswer:
+        now = self._clock()
+        stale = self._cache.get(host)
+        if self._failed.get(host, 0.0) > now:
+            return stale.answer if stale is not None else UNAVAILABLE
+        self.queries += 1
+        try:
+            answer = await self._lookup(host)
+        except RegistryUnavailable:
+            self._failed[host] = self._clock() + self._error_ttl
+            if stale is not None:
+                _log.warning("domain_cache_stale_answer", host=host)
+                return stale.answer
+            _log.warning("domain_lookup_failed", host=host)
+            return UNAVAILABLE
+        ttl = self._ttl if answer is not None else self._negative_ttl
+        self._cache[host] = _Entry(answer, self._clock() + ttl)
+        self._failed.pop(host, None)
+        return answer

@@ -1,0 +1,144 @@
+"""Host normalisation and worker-name validation.
+
+Pure functions: no I/O, no settings object. This module is the single place where a host
+or a worker name is judged, whatever the entry point (subdomain, path, query, admin API, CLI).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from functools import lru_cache
+
+import idna
+
+from dispatcher.errors import InvalidHost, InvalidWorkerName, ReservedWorkerName
+
+__all__ = [
+    "DEFAULT_RESERVED_NAMES",
+    "MAX_HOST_LENGTH",
+    "is_ip_literal",
+    "is_valid_worker_name",
+    "normalize_domain",
+    "normalize_host",
+    "validate_worker_name",
+]
+
+DEFAULT_RESERVED_NAMES: tuple[str, ...] = (
+    "dispatcher",
+    "api",
+    "health",
+    "admin",
+    "system",
+    "www",
+    "mail",
+    "ftp",
+    "cdn",
+    "assets",
+    "static",
+)
+
+#: RFC 1035 section 2.3.4: 253 characters in text form (255 octets on the wire).
+MAX_HOST_LENGTH = 253
+
+# RFC 1123 section 2.1 label: letters, digits, hyphens; no hyphen at either end; 1-63 chars.
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_WORKER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_PORT = re.compile(r"[0-9]{0,5}")
+
+
+def is_valid_worker_name(name: str) -> bool:
+    """True if ``name`` (already lowercased) is a syntactically valid worker name."""
+    return _WORKER_NAME.fullmatch(name) is not None
+
+
+def validate_worker_name(name: str, reserved: frozenset[str] | tuple[str, ...]) -> str:
+    """Return the canonical (lowercased) worker name or raise a routing error.
+
+    Raises ``InvalidWorkerName`` for anything outside RFC 1123 label syntax (1-63 characters of
+    ``[a-z0-9-]``, no leading or trailing hyphen) and ``ReservedWorkerName`` for reserved names.
+    """
+    canonical = name.lower()
+    if not canonical.isascii() or _WORKER_NAME.fullmatch(canonical) is None:
+        raise InvalidWorkerName(
+            f"Invalid worker name {_quote(name)}: use 1-63 characters a-z, 0-9 and '-', "
+            "not starting or ending with '-'"
+        )
+    if canonical in reserved:
+        raise ReservedWorkerName(f"Worker name {_quote(canonical)} is reserved")
+    return canonical
+
+
+def is_ip_literal(host: str) -> bool:
+    """True for an IPv4 address or a bracketed (or bare) IPv6 address."""
+    candidate = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(candidate)
+    except ValueError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=8192)
+def normalize_host(raw: str) -> str:
+    """Normalise a Host header (or ``:authority``) value.
+
+    Lowercases, strips the port and one trailing dot, and converts internationalised names to
+    their IDNA ASCII form. IPv6 literals keep their brackets. Raises ``InvalidHost`` when the
+    value cannot be a host name. The result is cached: hosts repeat on the hot path.
+    """
+    value = raw.strip()
+    if not value:
+        raise InvalidHost("The Host header is missing")
+    if value.startswith("["):
+        end = value.find("]")
+        if end == -1:
+            raise InvalidHost("Malformed IPv6 host")
+        host, rest = value[: end + 1], value[end + 1 :]
+        if rest and not (rest.startswith(":") and _PORT.fullmatch(rest[1:])):
+            raise InvalidHost("Malformed port in Host header")
+        if not is_ip_literal(host):
+            raise InvalidHost("Malformed IPv6 host")
+        return host.lower()
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host = value
+    elif _PORT.fullmatch(port) is None or (port and int(port) > 65535):
+        raise InvalidHost("Malformed port in Host header")
+    return normalize_domain(host)
+
+
+def normalize_domain(name: str) -> str:
+    """Normalise a bare domain name (no port): lowercase, one trailing dot off, IDNA ASCII.
+
+    Raises ``InvalidHost`` when the result is not a valid host name.
+    """
+    host = name.lower()
+    if host.endswith("."):
+        host = host[:-1]
+    if not host:
+        raise InvalidHost("The Host header is missing")
+    if not host.isascii():
+        try:
+            host = idna.encode(host, uts46=True).decode("ascii")
+        except (idna.IDNAError, UnicodeError, ValueError) as exc:
+            raise InvalidHost("Host is not a valid internationalised domain name") from exc
+    if len(host) > MAX_HOST_LENGTH:
+        raise InvalidHost(f"Host is longer than {MAX_HOST_LENGTH} characters")
+    for label in host.split("."):
+        if _LABEL.fullmatch(label) is None and not _is_underscore_label(label):
+            raise InvalidHost("Host contains an invalid label")
+    return host
+
+
+def _is_underscore_label(label: str) -> bool:
+    # Service labels such as ``_acme-challenge`` are legal DNS names even though they are not
+    # RFC 1123 host names; they never name a worker, but they are not malformed either.
+    return (
+        0 < len(label) <= 63 and label.startswith("_") and _LABEL.fullmatch(label[1:]) is not None
+    )
+
+
+def _quote(value: str) -> str:
+    shown = value if len(value) <= 64 else value[:61] + "..."
+    return repr(shown)

@@ -1,0 +1,274 @@
+"""Header policy: what goes upstream and what comes back (DESIGN.md, "Forwarding rules").
+
+Everything a client sends about the path a request took (``X-Forwarded-*``, ``Forwarded``,
+``Via``) is hostile unless the peer is one of ``trusted_proxies``; ``X-Dispatch-*`` and
+``X-Request-ID`` are always ours. Trust is decided here alone (uvicorn runs with
+``proxy_headers=False``), once per request, walking the headers a single time.
+
+ASGI header names are lowercase bytes (uvicorn lowercases them); upstream response header
+names arrive in any case and are compared lowercased.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from dispatcher.errors import HeadersTooLarge, InvalidRequest, LoopDetected
+
+__all__ = [
+    "HOP_BY_HOP",
+    "RequestHeaders",
+    "RequestIds",
+    "TrustPolicy",
+    "filter_response_headers",
+    "prepare_request_headers",
+]
+
+Headers = list[tuple[bytes, bytes]]
+
+#: RFC 9110 section 7.6.1 plus the legacy ones every proxy strips.
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"trailer",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    }
+)
+
+# Headers a ``Connection`` token may not remove: they frame or route the message, and letting a
+# client strip them would desynchronise us from the upstream (request smuggling).
+_CONNECTION_PROTECTED: Final = frozenset({b"host", b"content-length"})
+
+# Headers we always set ourselves on the upstream request (any incoming copy is dropped).
+_OURS: Final = frozenset(
+    {
+        b"host",
+        b"x-request-id",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-prefix",
+        b"via",
+        b"forwarded",
+    }
+)
+
+_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._-]{1,128}")
+
+
+class RequestIds:
+    """Request ids: a client's valid ``X-Request-ID`` is kept, otherwise one is made.
+
+    Generated ids are a random per-process prefix and a counter: unique across processes and
+    restarts without a syscall per request.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(6).hex()
+        self._counter = itertools.count(1)
+
+    def new(self) -> str:
+        return f"{self._prefix}{next(self._counter):010x}"
+
+    def pick(self, incoming: bytes | None) -> str:
+        if incoming is not None and _REQUEST_ID.fullmatch(incoming):
+            return incoming.decode("ascii")
+        return self.new()
+
+
+class TrustPolicy:
+    """Which peers may tell us about the hops before them (``trusted_proxies``)."""
+
+    def __init__(self, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+        self._networks = tuple(networks)
+        self._known: dict[str, bool] = {}
+
+    def trusts(self, peer: str | None) -> bool:
+        if peer is None:
+            return False
+        known = self._known.get(peer)
+        if known is None:
+            try:
+                address = ipaddress.ip_address(peer)
+            except ValueError:  # a unix socket path, for instance
+                known = False
+            else:
+                known = any(address in network for network in self._networks)
+            if len(self._known) < 4096:
+                self._known[peer] = known
+        return known
+
+
+@dataclass(slots=True)
+class RequestHeaders:
+    """The upstream request head, plus what the forwarder needs to know about the body."""
+
+    headers: Headers
+    content_length: int | None  # the client's Content-Length, when it sent exactly one
+    chunked: bool  # the client sent a chunked body (forwarded chunked)
+    request_id: str
+    upgrade: bytes | None = None  # the Upgrade header of a WebSocket handshake
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardContext:
+    """The per-request facts the header policy needs (built by the forwarder)."""
+
+    peer: str | None
+    scheme: str
+    host_header: bytes  # what the upstream gets as Host
+    worker: str
+    route_kind: str
+    prefix: str
+
+
+def prepare_request_headers(
+    incoming: Iterable[tuple[bytes, bytes]],
+    context: ForwardContext,
+    *,
+    trust: TrustPolicy,
+    ids: RequestIds,
+    via_name: bytes,
+    max_hops: int,
+    max_header_bytes: int,
+) -> RequestHeaders:
+    """Build the upstream request headers from the client's (DESIGN.md, "Forwarding rules").
+
+    Raises ``HeadersTooLarge`` (431), ``InvalidRequest`` (bad framing headers) and
+    ``LoopDetected`` (508).
+    """
+    trusted = trust.trusts(context.peer)
+    kept: Headers = []
+    named: set[bytes] = set()
+    forwarded_for: list[bytes] = []
+    forwarded_proto: bytes | None = None
+    forwarded_host: bytes | None = None
+    via: list[bytes] = []
+    client_host: bytes = b""
+    request_id: bytes | None = None
+    lengths: list[bytes] = []
+    chunked = False
+    size = 0
+    for name, value in incoming:
+        size += len(name) + len(value) + 4
+        if name in HOP_BY_HOP:
+            if name == b"connection":
+                named.update(token.strip().lower() for token in value.split(b","))
+            elif name == b"transfer-encoding":
+                chunked = chunked or value.strip().lower().endswith(b"chunked")
+            continue
+        if name in _OURS:
+            if name == b"host":
+                client_host = value
+            elif name == b"x-request-id":
+                request_id = value if request_id is None else request_id
+            elif name == b"via":
+                via.append(value)
+            elif trusted:
+                if name == b"x-forwarded-for":
+                    forwarded_for.append(value)
+                elif name == b"x-forwarded-proto":
+                    forwarded_proto = value
+                elif name == b"x-forwarded-host":
+                    forwarded_host = value
+                elif name == b"forwarded":
+                    kept.append((name, value))
+            continue
+        if name.startswith(b"x-dispatch-"):
+            continue
+        if name == b"content-length":
+            lengths.append(value)
+        kept.append((name, value))
+    if size > max_header_bytes:
+        raise HeadersTooLarge(f"Request headers exceed {max_header_bytes} bytes")
+    named -= _CONNECTION_PROTECTED
+    if named:
+        kept = [(name, value) for name, value in kept if name not in named]
+
+    content_length = _content_length(lengths)
+    if chunked and content_length is not None:
+        # RFC 9112 section 6.3: Transfer-Encoding wins; never forward both.
+        kept = [(name, value) for name, value in kept if name != b"content-length"]
+        content_length = None
+    if chunked:
+        kept.append((b"transfer-encoding", b"chunked"))
+
+    token = b"1.1 " + via_name
+    hops = sum(1 for value in via for entry in value.split(b",") if entry.strip() == token)
+    if hops >= max_hops:
+        raise LoopDetected("This request has passed through the dispatcher too many times")
+    via.append(token)
+
+    rid = ids.pick(request_id)
+    peer = (context.peer or "").encode("ascii", "replace")
+    chain = b", ".join(forwarded_for) + b", " + peer if forwarded_for else peer
+    kept.append((b"host", context.host_header))
+    kept.append((b"x-forwarded-for", chain))
+    kept.append((b"x-forwarded-proto", forwarded_proto or context.scheme.encode("ascii")))
+    kept.append((b"x-forwarded-host", forwarded_host or client_host))
+    if context.prefix:
+        kept.append((b"x-forwarded-prefix", context.prefix.encode("ascii")))
+    kept.append((b"via", b", ".join(via)))
+    kept.append((b"x-request-id", rid.encode("ascii")))
+    kept.append((b"x-dispatch-worker", context.worker.encode("ascii")))
+    kept.append((b"x-dispatch-route", context.route_kind.encode("ascii")))
+    return RequestHeaders(kept, content_length, chunked, rid)
+
+
+def _content_length(values: list[bytes]) -> int | None:
+    if not values:
+        return None
+    # RFC 9110 section 8.6: identical duplicates may be folded; anything else is an error.
+    distinct = {value.strip() for value in b",".join(values).split(b",")}
+    if len(distinct) != 1:
+        raise InvalidRequest("Conflicting Content-Length headers")
+    (value,) = distinct
+    if not value.isdigit() or len(value) > 18:
+        raise InvalidRequest("Malformed Content-Length header")
+    return int(value)
+
+
+def filter_response_headers(
+    headers: Iterable[tuple[bytes, bytes]], request_id: bytes, location_prefix: bytes = b""
+) -> Headers:
+    """The upstream's response headers as the client gets them.
+
+    Hop-by-hop headers (and those ``Connection`` names) go, the upstream's ``X-Request-ID`` is
+    replaced by ours, and on path routes an absolute-path ``Location`` gets the route prefix.
+    """
+    out: Headers = []
+    named: set[bytes] | None = None
+    for name, value in headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            if lower == b"connection":
+                named = named or set()
+                named.update(token.strip().lower() for token in value.split(b","))
+            continue
+        if lower == b"x-request-id":
+            continue
+        if (
+            location_prefix
+            and lower == b"location"
+            and value.startswith(b"/")
+            and not value.startswith(b"//")
+        ):
+            value = location_prefix + value
+        out.append((lower, value))
+    if named:
+        named -= _CONNECTION_PROTECTED
+        out = [(name, value) for name, value in out if name not in named]
+    out.append((b"x-request-id", request_id))
+    return out

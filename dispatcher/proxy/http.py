@@ -1,0 +1,289 @@
+"""The streaming HTTP forwarder: one routed request to its worker's upstream and back.
+
+Pure ASGI (no Starlette objects). Bodies stream both ways with backpressure: the request body
+is read from ``receive`` only as fast as the upstream takes it, and the response body is
+read from the upstream only as fast as the client takes it; nothing is buffered whole.
+
+Failures before the response starts raise the dispatcher's errors (the gateway answers them
+as JSON); a failure after the response started closes the client connection, so the client
+can tell the body is incomplete, and is never followed by a second status line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from dispatcher.errors import PayloadTooLarge, WorkerOverloaded
+from dispatcher.proxy.headers import (
+    ForwardContext,
+    RequestHeaders,
+    RequestIds,
+    TrustPolicy,
+    filter_response_headers,
+    prepare_request_headers,
+)
+from dispatcher.proxy.transport import (
+    RequestBody,
+    UpstreamBodyError,
+    UpstreamResponse,
+    UpstreamTransport,
+)
+from dispatcher.proxy.upstreams import Target, UpstreamSelector
+from dispatcher.routing import Route, RouteKind
+from dispatcher.settings import Settings
+
+__all__ = ["ClientDisconnected", "Exchange", "Forwarder"]
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+_log = structlog.get_logger("dispatcher.proxy")
+
+# How long an exchange runs before it starts watching for the client's disconnect. Slow ones
+# (long polls, server-sent events, slow upstreams) are then cancelled as soon as the client
+# goes; fast ones finish before the timer fires and cost no extra task.
+_ARM_DELAY = 0.05
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the exchange finished."""
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What happened to one request: filled in as it goes, logged once at the end."""
+
+    request_id: str = ""
+    status: int = 0
+    worker: str = ""
+    route: str = ""
+    upstream: str = ""
+    bytes_in: int = 0
+    bytes_out: int = 0
+    response_started: bool = False
+    body_done: bool = True  # the client's request body has been read to the end
+
+
+class Forwarder:
+    """Forwards routed requests; owns nothing but per-worker counters (the transport is lent)."""
+
+    def __init__(self, settings: Settings, transport: UpstreamTransport, ids: RequestIds) -> None:
+        self._transport = transport
+        self._ids = ids
+        self._trust = TrustPolicy(settings.trusted_networks)
+        self._selector = UpstreamSelector()
+        self._via_name = settings.via_name.encode("ascii")
+        self._max_hops = settings.max_hops
+        self._max_header_bytes = settings.max_header_bytes
+        self._max_body_bytes = settings.max_body_bytes
+        self._max_concurrency = settings.max_concurrency
+        self._upstream_timeout = settings.upstream_timeout
+        self._connect_timeout = settings.connect_timeout
+        self._idle_timeout = settings.stream_idle_timeout
+        self._inflight: dict[str, int] = {}
+
+    async def forward(
+        self, scope: Scope, receive: Receive, send: Send, route: Route, exchange: Exchange
+    ) -> None:
+        worker = route.worker
+        target = self._selector.pick(worker)
+        exchange.worker = worker.name
+        exchange.route = route.kind.value
+        exchange.upstream = target.url
+        client = scope.get("client")
+        context = ForwardContext(
+            peer=client[0] if client else None,
+            scheme=scope.get("scheme", "http"),
+            host_header=_client_host(scope) if worker.preserve_host else target.authority,
+            worker=worker.name,
+            route_kind=route.kind.value,
+            prefix=route.prefix,
+        )
+        prepared = prepare_request_headers(
+            scope["headers"],
+            context,
+            trust=self._trust,
+            ids=self._ids,
+            via_name=self._via_name,
+            max_hops=self._max_hops,
+            max_header_bytes=self._max_header_bytes,
+        )
+        exchange.request_id = prepared.request_id
+        limit = worker.max_body_bytes
+        limit = self._max_body_bytes if limit is None else limit
+        if prepared.content_length is not None and prepared.content_length > limit:
+            raise PayloadTooLarge(f"Request body exceeds {limit} bytes")
+
+        name = worker.name
+        inflight = self._inflight.get(name, 0)
+        ceiling = worker.max_concurrency or self._max_concurrency
+        if inflight >= ceiling:
+            raise WorkerOverloaded(
+                f"Worker '{name}' has too many requests in flight", headers={"Retry-After": "1"}
+            )
+        self._inflight[name] = inflight + 1
+        try:
+            await self._exchange(scope, receive, send, route, prepared, target, limit, exchange)
+        finally:
+            left = self._inflight[name] - 1
+            if left:
+                self._inflight[name] = left
+            else:
+                del self._inflight[name]
+
+    async def _exchange(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: Route,
+        prepared: RequestHeaders,
+        target: Target,
+        limit: int,
+        exchange: Exchange,
+    ) -> None:
+        body: RequestBody | None = None
+        watcher: _DisconnectWatcher | None = None
+        if prepared.chunked or prepared.content_length:
+            exchange.body_done = False
+            body = RequestBody(_read_body(receive, limit, exchange), prepared.content_length)
+        else:
+            watcher = _DisconnectWatcher(receive)
+        path = target.base_path + route.upstream_path
+        request_target = path + b"?" + route.query if route.query else path
+        try:
+            response = await self._transport.request(
+                target.origin,
+                scope["method"].encode("ascii"),
+                request_target,
+                prepared.headers,
+                body,
+                connect_timeout=self._connect_timeout,
+                response_timeout=route.worker.upstream_timeout or self._upstream_timeout,
+                idle_timeout=self._idle_timeout,
+            )
+            try:
+                prefix = route.prefix.encode("ascii") if route.kind is RouteKind.PATH else b""
+                headers = filter_response_headers(
+                    response.headers, prepared.request_id.encode("ascii"), prefix
+                )
+                await send(
+                    {"type": "http.response.start", "status": response.status, "headers": headers}
+                )
+                exchange.status = response.status
+                exchange.response_started = True
+                if watcher is None and exchange.body_done:
+                    watcher = _DisconnectWatcher(receive)
+                await self._stream_response(send, response, exchange, watcher)
+            finally:
+                await response.aclose()
+        except asyncio.CancelledError:
+            if watcher is None or not watcher.fired:
+                raise
+            # The client went away: the upstream exchange is abandoned (its connection closed
+            # by ``aclose`` above) and there is nobody left to answer.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            exchange.status = 499
+        finally:
+            if watcher is not None:
+                await watcher.aclose()
+
+    async def _stream_response(
+        self,
+        send: Send,
+        response: UpstreamResponse,
+        exchange: Exchange,
+        watcher: _DisconnectWatcher | None,
+    ) -> None:
+        try:
+            async for chunk in response.body():
+                exchange.bytes_out += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamBodyError:
+            # Headers are out: the only honest signal left is to close the connection, which
+            # the server does when we return without finishing the body.
+            _log.warning(
+                "upstream_failed_mid_body", request_id=exchange.request_id, worker=exchange.worker
+            )
+            return
+        if watcher is not None:
+            watcher.stop()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class _DisconnectWatcher:
+    """Cancels the forwarding task as soon as the client disconnects.
+
+    Armed only while nothing else reads ``receive`` (no request body, or the body has been
+    read), so it is the sole reader. It starts lazily, after ``_ARM_DELAY`` seconds: quick
+    exchanges (most of them) finish first and never pay for a task. ``stop()`` before the
+    final send keeps a late disconnect from cancelling an exchange that already finished.
+    """
+
+    __slots__ = ("_active", "_handle", "_receive", "_target", "_task", "fired")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._target = asyncio.current_task()
+        self._task: asyncio.Task[None] | None = None
+        self._active = True
+        self.fired = False
+        self._handle = asyncio.get_running_loop().call_later(_ARM_DELAY, self._start)
+
+    def _start(self) -> None:
+        if self._active:
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                break
+        if self._active and self._target is not None:
+            self.fired = True
+            self._target.cancel()
+
+    def stop(self) -> None:
+        self._active = False
+        self._handle.cancel()
+
+    async def aclose(self) -> None:
+        self.stop()
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _client_host(scope: Scope) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"host":
+            return bytes(value)
+    return b""
+
+
+async def _read_body(receive: Receive, limit: int, exchange: Exchange) -> AsyncIterator[bytes]:
+    """The client's request body, chunk by chunk, counted against ``limit``."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        exchange.bytes_in += len(chunk)
+        if exchange.bytes_in > limit:
+            raise PayloadTooLarge(f"Request body exceeds {limit} bytes")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            exchange.body_done = True
+            return

@@ -1,0 +1,251 @@
+"""Request routing: which worker does a request belong to?
+
+Pure functions of data. No I/O, no database, no HTTP client: the custom-domain answer for a
+tenant host is looked up by the caller (through the cache in ``dispatcher.domains``) and passed
+in, so every routing decision is unit-testable. Order (DESIGN.md, "Request flow"):
+
+1. control host (``localhost``, IP literals, each base domain's apex, ``control_hosts``): the
+   control plane, except the path and query routes under ``/dispatch`` and ``/api/dispatch``;
+2. an exact custom domain whose status routes (``active``/``verified``) -> kind ``custom_domain``;
+3. exactly one label under a base domain -> kind ``subdomain``;
+4. anything else -> ``domain_not_found`` (or ``registry_unavailable`` when the lookup failed).
+
+On a tenant host the tenant owns every path, ``/health`` included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from typing import Final
+from urllib.parse import unquote, unquote_to_bytes
+
+from dispatcher.errors import (
+    DomainNotFound,
+    InvalidRequest,
+    InvalidWorkerName,
+    MissingWorker,
+    RegistryUnavailable,
+    WorkerNotFound,
+)
+from dispatcher.hosts import is_ip_literal, validate_worker_name
+from workers_registry.models import CustomDomain, Worker
+
+__all__ = [
+    "CONTROL",
+    "UNAVAILABLE",
+    "Control",
+    "DomainAnswer",
+    "Route",
+    "RouteKind",
+    "RoutingTable",
+    "resolve",
+    "resolve_control",
+    "resolve_tenant",
+]
+
+
+class RouteKind(StrEnum):
+    SUBDOMAIN = "subdomain"
+    CUSTOM_DOMAIN = "custom_domain"
+    PATH = "path"
+    QUERY = "query"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a request goes: the worker and what the upstream receives.
+
+    ``upstream_path`` is the raw path (bytes as the client sent them, starting with ``/``),
+    ``query`` the raw query string without ``?``, and ``prefix`` the part of the client's path
+    that the route consumed (``X-Forwarded-Prefix``; empty for host routes).
+    """
+
+    worker: Worker
+    kind: RouteKind
+    upstream_path: bytes
+    query: bytes
+    prefix: str = ""
+
+
+class Control(Enum):
+    """The request is for the dispatcher's own control plane."""
+
+    PLANE = "control"
+
+
+CONTROL: Final = Control.PLANE
+
+
+class _Unavailable(Enum):
+    VALUE = "unavailable"
+
+
+#: Passed as the custom-domain answer when the registry could not be asked.
+UNAVAILABLE: Final = _Unavailable.VALUE
+
+#: What the caller learned about the host from the custom-domain registry.
+DomainAnswer = CustomDomain | None | _Unavailable
+
+_PREFIXES: Final = ((b"/dispatch", "/dispatch"), (b"/api/dispatch", "/api/dispatch"))
+_INFO_METHODS: Final = frozenset({"GET", "HEAD"})
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    """The data routing needs: configuration plus the worker snapshot.
+
+    Rebuilt (cheaply) whenever the registry snapshot changes; never mutated.
+    """
+
+    base_domains: tuple[str, ...]
+    control_hosts: frozenset[str]
+    reserved: frozenset[str]
+    workers: Mapping[str, Worker]
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        base_domains: Iterable[str],
+        control_hosts: Iterable[str] = (),
+        reserved: Iterable[str] = (),
+        workers: Iterable[Worker] = (),
+    ) -> RoutingTable:
+        # Longest base first, so a worker under ``apps.example.com`` is not mistaken for a
+        # two-label name under ``example.com``.
+        bases = tuple(sorted(set(base_domains), key=len, reverse=True))
+        return cls(
+            base_domains=bases,
+            control_hosts=frozenset(control_hosts) | frozenset(bases) | {"localhost"},
+            reserved=frozenset(reserved),
+            workers={worker.name: worker for worker in workers},
+        )
+
+    def is_control_host(self, host: str) -> bool:
+        """True for hosts that serve the control plane (never a tenant)."""
+        return host in self.control_hosts or is_ip_literal(host)
+
+    def subdomain_label(self, host: str) -> str | None:
+        """The single label of ``host`` under a base domain, or ``None``."""
+        for base in self.base_domains:
+            if host.endswith(base) and host[-len(base) - 1 : -len(base)] == ".":
+                label = host[: -len(base) - 1]
+                return label if label and "." not in label else None
+        return None
+
+    def worker(self, name: str) -> Worker:
+        """The enabled worker called ``name``, or ``WorkerNotFound``."""
+        worker = self.workers.get(name)
+        if worker is None or not worker.enabled:
+            raise WorkerNotFound(f"Worker '{name}' does not exist")
+        return worker
+
+
+def resolve(
+    host: str,
+    raw_path: bytes,
+    query: bytes,
+    table: RoutingTable,
+    domain: DomainAnswer = None,
+    *,
+    method: str = "GET",
+) -> Route | Control:
+    """Route a request to a worker or to the control plane.
+
+    ``host`` is already normalised (``dispatcher.hosts.normalize_host``). ``domain`` is the
+    custom-domain registry's answer for ``host`` (ignored for control hosts). Raises only
+    ``RoutingError`` subclasses, ``RegistryUnavailable`` and ``InvalidRequest``.
+    """
+    if table.is_control_host(host):
+        return resolve_control(raw_path, query, table, method=method)
+    return resolve_tenant(host, raw_path, query, table, domain)
+
+
+def resolve_tenant(
+    host: str, raw_path: bytes, query: bytes, table: RoutingTable, domain: DomainAnswer
+) -> Route:
+    """Route a request on a tenant host (custom domain, then wildcard subdomain)."""
+    path = raw_path or b"/"
+    if isinstance(domain, CustomDomain) and domain.routable:
+        return Route(table.worker(domain.worker), RouteKind.CUSTOM_DOMAIN, path, query)
+    label = table.subdomain_label(host)
+    if label is not None:
+        # A registry outage must not take subdomain routing down: the snapshot answers.
+        name = validate_worker_name(label, table.reserved)
+        return Route(table.worker(name), RouteKind.SUBDOMAIN, path, query)
+    if domain is UNAVAILABLE:
+        raise RegistryUnavailable("The worker registry is unavailable; try again shortly")
+    raise DomainNotFound(f"No worker is registered for '{host}'")
+
+
+def resolve_control(
+    raw_path: bytes, query: bytes, table: RoutingTable, *, method: str = "GET"
+) -> Route | Control:
+    """Route a request on a control host: a path or query route, or the control plane."""
+    for raw_prefix, prefix in _PREFIXES:
+        if not raw_path.startswith(raw_prefix):
+            continue
+        rest = raw_path[len(raw_prefix) :]
+        if rest in (b"", b"/"):
+            return _query_route(query, table, prefix, method)
+        if rest.startswith(b"/"):
+            return _path_route(rest, query, table, prefix)
+    return CONTROL
+
+
+def _path_route(rest: bytes, query: bytes, table: RoutingTable, prefix: str) -> Route:
+    # ``rest`` is ``/<name>[/<upstream path>]``; only the name segment is decoded.
+    end = rest.find(b"/", 1)
+    segment, upstream_path = (rest[1:], b"/") if end == -1 else (rest[1:end], rest[end:])
+    name = validate_worker_name(_decode_segment(segment), table.reserved)
+    _reject_dot_segments(upstream_path)
+    return Route(table.worker(name), RouteKind.PATH, upstream_path, query, f"{prefix}/{name}")
+
+
+def _query_route(query: bytes, table: RoutingTable, prefix: str, method: str) -> Route | Control:
+    worker: str | None = None
+    kept: list[bytes] = []
+    for part in query.split(b"&") if query else ():
+        key, _, value = part.partition(b"=")
+        if _decode_param(key) == "worker":
+            if worker is None:
+                worker = _decode_param(value)
+            continue
+        kept.append(part)
+    if worker is None:
+        if method in _INFO_METHODS:
+            return CONTROL
+        raise MissingWorker("Name the worker: /dispatch?worker=<name> or /dispatch/<name>/")
+    if not worker:
+        raise MissingWorker("The 'worker' query parameter is empty")
+    name = validate_worker_name(worker, table.reserved)
+    return Route(table.worker(name), RouteKind.QUERY, b"/", b"&".join(kept), prefix)
+
+
+def _decode_segment(segment: bytes) -> str:
+    try:
+        return unquote_to_bytes(segment).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidWorkerName("Invalid worker name in path") from None
+
+
+def _decode_param(value: bytes) -> str:
+    try:
+        return unquote(value.replace(b"+", b" ").decode("ascii"), errors="strict")
+    except UnicodeError:
+        return "\ufffd"  # never equal to "worker", never a valid worker name
+
+
+_DOT_SEGMENTS: Final = frozenset({".", ".."})
+
+
+def _reject_dot_segments(path: bytes) -> None:
+    # The upstream may resolve ``..`` against its own base path; a path route must not be a
+    # way to walk out of it (RFC 3986 section 5.2.4). Encoded dots count too.
+    if b"." not in path and b"%2" not in path.lower():
+        return
+    for segment in path.split(b"/"):
+        if unquote(segment.decode("latin-1")) in _DOT_SEGMENTS:
+            raise InvalidRequest("Dot segments ('.' or '..') are not allowed in dispatch paths")

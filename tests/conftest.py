@@ -1,0 +1,3 @@
+"""Shared pytest configuration: plugins every test package may use."""
+
+pytest_plugins = ["tests.postgres"]

@@ -1,0 +1,491 @@
+"""``RegistryStore``: the async gateway to the registry database (Postgres or SQLite).
+
+It owns the engine and every query the dispatcher, the admin API and the CLI make. It does not
+cache (``dispatcher.domains`` does) and does not listen for changes (``changes.py`` does).
+
+Errors: every database exception is mapped onto ``dispatcher.errors`` at one boundary,
+``RegistryStore._transaction``, and chained with ``from exc``; driver text never leaves here.
+
+- cannot connect, connection lost, timeout, any other driver error -> ``RegistryUnavailable``
+- duplicate primary key -> ``Conflict``
+- a domain naming an unknown worker -> ``InvalidRequest`` with ``details`` on ``worker``
+- missing rows -> ``WorkerNotFound`` / ``DomainNotFound``
+
+Each operation runs under ``asyncio.timeout(query_timeout)``, so a dead or hung database makes
+callers fail fast instead of waiting. Each write is one transaction; the version triggers
+(see the migrations) run inside it, so a failed write changes nothing, not even the version.
+
+Transactions per backend:
+
+- Postgres: reads run in autocommit (one round trip for ``lookup_domain``); ``load_workers``
+  reads in one ``REPEATABLE READ`` snapshot so its version matches its rows.
+- SQLite: the ``sqlite3`` driver's own transaction handling is switched off and the store
+  emits ``BEGIN`` itself (``BEGIN IMMEDIATE`` for writes, so concurrent writers queue on the
+  busy timeout instead of failing), and ``PRAGMA foreign_keys=ON`` is set on every connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, Literal, cast
+
+import sqlalchemy as sa
+import structlog
+from pydantic import ValidationError
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Row, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
+
+from dispatcher.errors import (
+    Conflict,
+    DispatcherError,
+    DomainNotFound,
+    InvalidHost,
+    InvalidRequest,
+    RegistryUnavailable,
+    WorkerNotFound,
+)
+from dispatcher.hosts import normalize_domain
+from workers_registry.models import (
+    CustomDomain,
+    CustomDomainCreate,
+    CustomDomainPatch,
+    DomainStatus,
+    Worker,
+    WorkerCreate,
+    WorkerSpec,
+)
+from workers_registry.tables import REGISTRY_VERSION_ID, custom_domains, registry_version, workers
+
+__all__ = [
+    "RegistryStore",
+    "async_database_url",
+    "autocommit",
+    "create_registry_engine",
+    "for_writing",
+]
+
+Dialect = Literal["postgresql", "sqlite"]
+
+_log = structlog.get_logger(__name__)
+
+# Connection execution option read by the SQLite "begin" hook: the statement that opens a
+# transaction ("BEGIN", "BEGIN IMMEDIATE") or None for none at all (single-statement reads).
+_SQLITE_BEGIN = "registry_sqlite_begin"
+
+_ASYNC_DRIVERS = {
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+
+# What "the database cannot answer" looks like from here. Every DBAPIError that is not a
+# constraint violation counts: asyncpg reports a server shutdown as a plain driver Error.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    sa_exc.DBAPIError,
+    sa_exc.TimeoutError,  # pool checkout timeout
+    sa_exc.DisconnectionError,
+    sa_exc.PendingRollbackError,
+    OSError,  # refused, reset, unreachable; includes TimeoutError
+)
+
+# SQLite extended result codes (https://www.sqlite.org/rescode.html).
+_SQLITE_CONSTRAINT_FOREIGNKEY = 787
+_SQLITE_CONSTRAINT_PRIMARYKEY = 1555
+_SQLITE_CONSTRAINT_UNIQUE = 2067
+
+_WORKER_COLUMNS = tuple(workers.c)
+_DOMAIN_COLUMNS = tuple(custom_domains.c)
+_SPEC_FIELDS: set[str] = set(WorkerSpec.model_fields)
+
+_VERSION_QUERY = sa.select(registry_version.c.version).where(
+    registry_version.c.id == REGISTRY_VERSION_ID
+)
+_LOOKUP_DOMAIN = sa.select(*_DOMAIN_COLUMNS).where(
+    custom_domains.c.domain == sa.bindparam("domain")
+)
+
+
+def async_database_url(url: str) -> str:
+    """``url`` with its async driver made explicit (``postgresql://`` -> ``+asyncpg``)."""
+    scheme, sep, rest = url.partition("://")
+    driver = _ASYNC_DRIVERS.get(scheme.lower()) if sep else None
+    if driver is None:
+        raise ValueError(
+            "unsupported database URL: use sqlite+aiosqlite:///PATH or postgresql://USER@HOST/DB"
+        )
+    return f"{driver}://{rest}"
+
+
+def create_registry_engine(
+    url: str,
+    *,
+    connect_timeout: float = 5.0,
+    query_timeout: float = 5.0,
+    pooled: bool = True,
+) -> AsyncEngine:
+    """An ``AsyncEngine`` configured for the registry.
+
+    Postgres (asyncpg): connect timeout, per-statement ``command_timeout``, a small pool with
+    pre-ping so connections broken by a database restart are replaced. SQLite (aiosqlite):
+    busy timeout, foreign keys on, and BEGIN emitted by SQLAlchemy (see the module docstring).
+    ``pooled=False`` uses no pool (one-shot tools such as migrations).
+    """
+    sa_url = make_url(async_database_url(url))
+    kwargs: dict[str, Any] = {}
+    if not pooled:
+        kwargs["poolclass"] = NullPool
+    if sa_url.get_backend_name() == "postgresql":
+        if pooled:
+            kwargs.update(
+                pool_size=5,
+                max_overflow=5,
+                pool_timeout=query_timeout,
+                pool_recycle=1800,
+            )
+        engine = create_async_engine(
+            sa_url,
+            pool_pre_ping=True,
+            connect_args={
+                "timeout": connect_timeout,
+                "command_timeout": query_timeout,
+                "server_settings": {"application_name": "dispatcher-registry"},
+            },
+            **kwargs,
+        )
+    else:
+        engine = create_async_engine(sa_url, connect_args={"timeout": query_timeout}, **kwargs)
+        _install_sqlite_hooks(engine)
+    return engine
+
+
+def for_writing(engine: AsyncEngine) -> AsyncEngine:
+    """``engine`` with transactions that take the write lock up front.
+
+    On SQLite a transaction that starts reading and later writes can fail with "database is
+    locked" without waiting; ``BEGIN IMMEDIATE`` waits on the busy timeout instead. Postgres
+    needs nothing.
+    """
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(**{_SQLITE_BEGIN: "BEGIN IMMEDIATE"})
+    return engine
+
+
+def autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """``engine`` without transactions: each statement stands alone (single-statement reads,
+    and statements such as ``PRAGMA journal_mode`` that must run outside a transaction)."""
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(**{_SQLITE_BEGIN: None})
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def _install_sqlite_hooks(engine: AsyncEngine) -> None:
+    # https://docs.sqlalchemy.org/en/20/dialects/sqlite.html#sqlite-transactions
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        dbapi_connection.isolation_level = None  # the driver emits no BEGIN of its own
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        begin = connection.get_execution_options().get(_SQLITE_BEGIN, "BEGIN")
+        if begin:
+            connection.exec_driver_sql(begin)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _domain_key(domain: str) -> str:
+    """The stored form of a domain given by an operator; unparsable input stays as is."""
+    try:
+        return normalize_domain(domain.strip())
+    except InvalidHost:
+        return domain
+
+
+def _worker_missing(name: str) -> WorkerNotFound:
+    return WorkerNotFound(f"Worker '{name}' does not exist")
+
+
+def _domain_missing(domain: str) -> DomainNotFound:
+    return DomainNotFound(f"Domain '{domain}' is not registered")
+
+
+def _constraint_kind(exc: sa_exc.IntegrityError) -> Literal["unique", "foreign_key", "other"]:
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None)  # asyncpg (through SQLAlchemy's adapter)
+    if sqlstate == "23505":
+        return "unique"
+    if sqlstate == "23503":
+        return "foreign_key"
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code in (_SQLITE_CONSTRAINT_PRIMARYKEY, _SQLITE_CONSTRAINT_UNIQUE):
+        return "unique"
+    if code == _SQLITE_CONSTRAINT_FOREIGNKEY:
+        return "foreign_key"
+    return "other"
+
+
+def _integrity_error(
+    exc: sa_exc.IntegrityError, *, duplicate: str | None, unknown_worker: str | None
+) -> DispatcherError:
+    kind = _constraint_kind(exc)
+    if kind == "unique" and duplicate is not None:
+        return Conflict(duplicate)
+    if kind == "foreign_key" and unknown_worker is not None:
+        message = f"Worker '{unknown_worker}' does not exist"
+        return InvalidRequest(message, details=[{"field": "worker", "message": message}])
+    return InvalidRequest("The registry rejected this change")
+
+
+def _worker(row: Row[Any]) -> Worker | None:
+    try:
+        return Worker.model_validate(row._asdict())
+    except ValidationError as exc:
+        # Only rows written around the store (plain SQL) can be invalid. Skip them instead of
+        # making the whole registry unreadable.
+        _log.warning("registry.invalid_worker_row", worker=row.name, errors=exc.error_count())
+        return None
+
+
+def _workers(rows: Sequence[Row[Any]]) -> list[Worker]:
+    return [worker for row in rows if (worker := _worker(row)) is not None]
+
+
+def _domain(row: Row[Any]) -> CustomDomain:
+    return CustomDomain.model_validate(row._asdict())
+
+
+class RegistryStore:
+    """Workers and custom domains in the registry database.
+
+    Build one per process with ``from_url`` (in the app lifespan) and ``aclose`` it on
+    shutdown; it is safe to share between tasks. Every method may raise
+    ``RegistryUnavailable``.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, query_timeout: float = 5.0) -> None:
+        self._engine = engine
+        self._query_timeout = query_timeout
+        self._writer = for_writing(engine)
+        self._reader = autocommit(engine)
+        if engine.dialect.name == "postgresql":
+            self._snapshot = engine.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+        else:
+            self._snapshot = engine  # a deferred BEGIN: every read sees one state
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, connect_timeout: float = 5.0, query_timeout: float = 5.0
+    ) -> RegistryStore:
+        """A store on ``url`` (``sqlite[+aiosqlite]://`` or ``postgresql[+asyncpg]://``)."""
+        engine = create_registry_engine(
+            url, connect_timeout=connect_timeout, query_timeout=query_timeout
+        )
+        return cls(engine, query_timeout=query_timeout)
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        await self._engine.dispose()
+
+    async def __aenter__(self) -> RegistryStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def dialect(self) -> Dialect:
+        return cast(Dialect, self._engine.dialect.name)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    @asynccontextmanager
+    async def _transaction(
+        self,
+        engine: AsyncEngine,
+        *,
+        duplicate: str | None = None,
+        unknown_worker: str | None = None,
+    ) -> AsyncIterator[AsyncConnection]:
+        """One transaction under the query timeout: the one place errors are mapped.
+
+        ``duplicate`` is the ``Conflict`` message for a primary-key clash; ``unknown_worker``
+        the worker name to report when a foreign key finds no worker.
+        """
+        try:
+            async with asyncio.timeout(self._query_timeout), engine.begin() as connection:
+                yield connection
+        except sa_exc.IntegrityError as exc:
+            raise _integrity_error(exc, duplicate=duplicate, unknown_worker=unknown_worker) from exc
+        except TimeoutError as exc:
+            raise RegistryUnavailable(
+                f"The worker registry did not answer within {self._query_timeout:g} s"
+            ) from exc
+        except _UNAVAILABLE as exc:
+            raise RegistryUnavailable("The worker registry database cannot be reached") from exc
+
+    # -- version -------------------------------------------------------------------------
+
+    async def version(self) -> int:
+        """The registry version: it grows with every change to workers or domains."""
+        async with self._transaction(self._reader) as connection:
+            return int((await connection.execute(_VERSION_QUERY)).scalar_one())
+
+    async def load_workers(self) -> tuple[int, list[Worker]]:
+        """The version and every worker (ordered by name), read from one snapshot."""
+        async with self._transaction(self._snapshot) as connection:
+            version = int((await connection.execute(_VERSION_QUERY)).scalar_one())
+            rows = (
+                await connection.execute(sa.select(*_WORKER_COLUMNS).order_by(workers.c.name))
+            ).all()
+        return version, _workers(rows)
+
+    # -- workers -------------------------------------------------------------------------
+
+    async def list_workers(self) -> list[Worker]:
+        """Every worker, ordered by name."""
+        async with self._transaction(self._reader) as connection:
+            result = await connection.execute(sa.select(*_WORKER_COLUMNS).order_by(workers.c.name))
+            return _workers(result.all())
+
+    async def get_worker(self, name: str) -> Worker | None:
+        async with self._transaction(self._reader) as connection:
+            result = await connection.execute(
+                sa.select(*_WORKER_COLUMNS).where(workers.c.name == name.lower())
+            )
+            row = result.one_or_none()
+        return None if row is None else _worker(row)
+
+    async def add_worker(self, spec: WorkerCreate) -> Worker:
+        """Register a new worker; ``Conflict`` if the name is taken."""
+        now = _now()
+        values = {**spec.model_dump(mode="json"), "created_at": now, "updated_at": now}
+        async with self._transaction(
+            self._writer, duplicate=f"Worker '{spec.name}' already exists"
+        ) as connection:
+            result = await connection.execute(
+                sa.insert(workers).values(values).returning(*_WORKER_COLUMNS)
+            )
+            return Worker.model_validate(result.one()._asdict())
+
+    async def replace_worker(self, name: str, spec: WorkerSpec) -> Worker:
+        """Replace everything but the name and ``created_at``; ``WorkerNotFound`` if missing."""
+        values = {**spec.model_dump(mode="json", include=_SPEC_FIELDS), "updated_at": _now()}
+        async with self._transaction(self._writer) as connection:
+            result = await connection.execute(
+                sa.update(workers)
+                .where(workers.c.name == name.lower())
+                .values(values)
+                .returning(*_WORKER_COLUMNS)
+            )
+            row = result.one_or_none()
+            if row is None:
+                raise _worker_missing(name)
+            return Worker.model_validate(row._asdict())
+
+    async def remove_worker(self, name: str) -> None:
+        """Remove a worker and its custom domains; ``WorkerNotFound`` if missing."""
+        async with self._transaction(self._writer) as connection:
+            result = await connection.execute(
+                sa.delete(workers).where(workers.c.name == name.lower())
+            )
+            if result.rowcount == 0:
+                raise _worker_missing(name)
+
+    # -- custom domains ------------------------------------------------------------------
+
+    async def list_domains(self, worker: str | None = None) -> list[CustomDomain]:
+        """Every custom domain (of one worker if given), ordered by domain."""
+        query = sa.select(*_DOMAIN_COLUMNS).order_by(custom_domains.c.domain)
+        if worker is not None:
+            query = query.where(custom_domains.c.worker == worker.lower())
+        async with self._transaction(self._reader) as connection:
+            rows = (await connection.execute(query)).all()
+        return [_domain(row) for row in rows]
+
+    async def get_domain(self, domain: str) -> CustomDomain | None:
+        """A custom domain by name (normalised: case, trailing dot, IDNA) or ``None``."""
+        return await self.lookup_domain(_domain_key(domain))
+
+    async def lookup_domain(self, domain: str) -> CustomDomain | None:
+        """The hot-path lookup: one primary-key SELECT of an already normalised host.
+
+        Returns the entry whatever its status; callers route only ``routable`` ones.
+        """
+        async with self._transaction(self._reader) as connection:
+            row = (await connection.execute(_LOOKUP_DOMAIN, {"domain": domain})).one_or_none()
+        return None if row is None else _domain(row)
+
+    async def add_domain(self, spec: CustomDomainCreate) -> CustomDomain:
+        """Register a custom domain.
+
+        ``Conflict`` if it is registered already; ``InvalidRequest`` (``worker`` field) if its
+        worker does not exist.
+        """
+        now = _now()
+        values = {**spec.model_dump(mode="json"), "created_at": now, "updated_at": now}
+        async with self._transaction(
+            self._writer,
+            duplicate=f"Domain '{spec.domain}' is already registered",
+            unknown_worker=spec.worker,
+        ) as connection:
+            result = await connection.execute(
+                sa.insert(custom_domains).values(values).returning(*_DOMAIN_COLUMNS)
+            )
+            return _domain(result.one())
+
+    async def update_domain(self, domain: str, patch: CustomDomainPatch) -> CustomDomain:
+        """Change a domain's status and/or worker.
+
+        ``DomainNotFound`` if missing; ``InvalidRequest`` (``worker`` field) if the new worker
+        does not exist.
+        """
+        key = _domain_key(domain)
+        changes = patch.model_dump(mode="json", exclude_none=True)
+        if not changes:
+            found = await self.lookup_domain(key)
+            if found is None:
+                raise _domain_missing(domain)
+            return found
+        async with self._transaction(self._writer, unknown_worker=patch.worker) as connection:
+            result = await connection.execute(
+                sa.update(custom_domains)
+                .where(custom_domains.c.domain == key)
+                .values({**changes, "updated_at": _now()})
+                .returning(*_DOMAIN_COLUMNS)
+            )
+            row = result.one_or_none()
+            if row is None:
+                raise _domain_missing(domain)
+            return _domain(row)
+
+    async def set_domain_status(self, domain: str, status: DomainStatus | str) -> CustomDomain:
+        """Change a domain's status; ``DomainNotFound`` if missing."""
+        return await self.update_domain(domain, CustomDomainPatch(status=DomainStatus(status)))
+
+    async def remove_domain(self, domain: str) -> None:
+        """Remove a custom domain; ``DomainNotFound`` if missing."""
+        async with self._transaction(self._writer) as connection:
+            result = await connection.execute(
+                sa.delete(custom_domains).where(custom_domains.c.domain == _domain_key(domain))
+            )
+            if result.rowcount == 0:
+                raise _domain_missing(domain)
