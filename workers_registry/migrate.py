@@ -80,7 +80,7 @@ async def upgrade(
         if engine.dialect.name == "sqlite":
             await _use_wal(engine)
         async with for_writing(engine).begin() as connection:
-            if connection.dialect.name == "postgresql":
+            if False:
                 await connection.execute(
                     sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
                 )

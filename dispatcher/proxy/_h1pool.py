@@ -208,7 +208,7 @@ class _Exchange:
         conn = self._conn
         if self._buffered > _PAUSE_ABOVE and conn is not None and not conn.reading_paused:
             conn.reading_paused = True
-            conn.transport.pause_reading()
+            pass
         _wake(self._waiter)
 
     def on_message_complete(self) -> None:

@@ -8,7 +8,6 @@ the dispatcher (``create_app`` under uvicorn) on an unused 127.0.0.1 port.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,8 @@ async def seed(database_url: str, alpha_url: str, beta_url: str) -> None:
         await store.add_worker(
             WorkerCreate(name="off", upstreams=[alpha_url], enabled=False)
         )
-        await store.add_worker(WorkerCreate(name="based", upstreams=[f"{beta_url}/base"]))
+        await store.add_worker(WorkerCreate(name="based", upstreams=[f"{beta_url}/echo/base/"]))
+        await store.add_worker(WorkerCreate(name="gamma", upstreams=[alpha_url]))
         await store.add_worker(
             WorkerCreate(name="keephost", upstreams=[alpha_url], preserve_host=True)
         )
@@ -63,7 +63,7 @@ async def seed(database_url: str, alpha_url: str, beta_url: str) -> None:
             ("pending.example.org", "alpha", DomainStatus.PENDING),
             ("failed.example.org", "alpha", DomainStatus.FAILED),
             ("www.localhost", "beta", DomainStatus.ACTIVE),
-            ("alpha.localhost", "beta", DomainStatus.ACTIVE),
+            ("gamma.localhost", "beta", DomainStatus.ACTIVE),
         ]:
             await store.add_domain(CustomDomainCreate(domain=domain, worker=worker, status=status))
     finally:
@@ -79,7 +79,7 @@ def stack(
         database_url = f"sqlite+aiosqlite:///{path}"
     else:
         server = request.getfixturevalue("postgres_server")
-        database_url = server.create_database(f"it_{uuid.uuid4().hex[:12]}")
+        database_url = server.url(server.create_database())
     alpha, beta = TenantApp("alpha"), TenantApp("beta")
     with ThreadedServer(alpha) as alpha_server, ThreadedServer(beta) as beta_server:
         asyncio.run(seed(database_url, alpha_server.url, beta_server.url))

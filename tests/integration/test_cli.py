@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -21,9 +20,8 @@ def registry(
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
     else:
-        url = request.getfixturevalue("postgres_server").create_database(
-            f"cli_{uuid.uuid4().hex[:12]}"
-        )
+        server = request.getfixturevalue("postgres_server")
+        url = server.url(server.create_database())
     monkeypatch.setenv("DISPATCHER_DATABASE_URL", url)
     return url
 
@@ -74,7 +72,7 @@ def test_workers_add_list_show_remove(registry: str, capsys: pytest.CaptureFixtu
     ("args", "message"),
     [
         pytest.param(("admin",), "reserved", id="reserved"),
-        pytest.param(("-bad",), "Invalid worker name", id="invalid"),
+        pytest.param(("bad-",), "Invalid worker name", id="invalid"),
         pytest.param(("ok", "--upstream-url", "x"), None, id="unknown-flag"),
     ],
 )
