@@ -95,9 +95,8 @@ class Gateway:
                 route = decision
             else:
                 assert self.domains is not None, "lifespan has not run"
-                answer = self.domains.cached(host)
-                if answer is False:
-                    answer = await self.domains.resolve(host)
+                cached = self.domains.cached(host)
+                answer = await self.domains.resolve(host) if cached is False else cached
                 route = resolve_tenant(host, raw_path, query, table, answer)
             await self.forwarder.forward(scope, receive, send, route, exchange)
         except DispatcherError as exc:
@@ -108,7 +107,9 @@ class Gateway:
         finally:
             self._log_access(scope, host_header, exchange, started)
 
-    async def _control(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:
+    async def _control(
+        self, scope: Scope, receive: Receive, send: Send, exchange: Exchange
+    ) -> None:
         exchange.request_id = self.ids.pick(_header(scope, b"x-request-id"))
         exchange.route = "control"
         scope[REQUEST_ID_KEY] = exchange.request_id
@@ -127,7 +128,9 @@ class Gateway:
 
         await self.control(scope, receive, send_with_id)
 
-    async def _fail(self, scope: Scope, send: Send, exc: DispatcherError, exchange: Exchange) -> None:
+    async def _fail(
+        self, scope: Scope, send: Send, exc: DispatcherError, exchange: Exchange
+    ) -> None:
         if exchange.response_started:
             return  # too late for a status line; the connection closes when we return
         if not exchange.request_id:

@@ -249,9 +249,7 @@ async def _workers_list(store: RegistryStore, settings: Settings, args: argparse
     if args.json:
         print(json.dumps([w.model_dump(mode="json") for w in workers], indent=2))
         return 0
-    rows = [
-        (w.name, "yes" if w.enabled else "no", ", ".join(w.upstreams)) for w in workers
-    ]
+    rows = [(w.name, "yes" if w.enabled else "no", ", ".join(w.upstreams)) for w in workers]
     _print_table(("NAME", "ENABLED", "UPSTREAMS"), rows)
     return 0
 
@@ -377,7 +375,9 @@ async def _resolve(store: RegistryStore, settings: Settings, args: argparse.Name
     return 0
 
 
-def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=False)]
+def _print_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
     for row in (header, *rows):
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )

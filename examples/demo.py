@@ -17,9 +17,19 @@ from dispatcher.cli import main as dispatcher
 def run() -> int:
     port = os.environ.get("DEMO_TENANT_PORT", "8081")
     upstream = f"http://127.0.0.1:{port}"
-    tenant = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "uvicorn", "examples.hello:app", "--host", "127.0.0.1",
-         "--port", port, "--log-level", "warning"]
+    tenant = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "examples.hello:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            port,
+            "--log-level",
+            "warning",
+        ]
     )
     try:
         dispatcher(["workers", "remove", "hello"]) if _exists("hello") else None

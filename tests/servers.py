@@ -83,9 +83,7 @@ class ThreadedServer:
 
     def __enter__(self) -> ThreadedServer:
         self._thread.start()
-        wait_until(
-            lambda: self.server.started or not self._thread.is_alive(), what="server start"
-        )
+        wait_until(lambda: self.server.started or not self._thread.is_alive(), what="server start")
         if not self.server.started:
             raise RuntimeError("server failed to start")
         return self

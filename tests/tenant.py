@@ -53,7 +53,7 @@ class TenantApp:
             return
         path: str = scope["path"]
         query = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
-        if path.startswith("/echo") or path == "/" and scope["method"] != "GET":
+        if path.startswith("/echo") or (path == "/" and scope["method"] != "GET"):
             await self._echo(scope, receive, send)
         elif path == "/":
             await _plain(send, 200, f"hello from {self.name}\n".encode())
@@ -116,7 +116,9 @@ class TenantApp:
                 "path": scope["path"],
                 "raw_path": scope.get("raw_path", b"").decode("latin-1"),
                 "query": scope["query_string"].decode("latin-1"),
-                "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
+                "headers": [
+                    [k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]
+                ],
                 "body_bytes": size,
                 "body_sha256": digest.hexdigest(),
             }
@@ -151,7 +153,10 @@ class TenantApp:
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": b"data: one\n\n", "more_body": True})

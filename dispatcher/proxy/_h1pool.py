@@ -208,7 +208,7 @@ class _Exchange:
         conn = self._conn
         if self._buffered > _PAUSE_ABOVE and conn is not None and not conn.reading_paused:
             conn.reading_paused = True
-            pass
+            conn.transport.pause_reading()
         _wake(self._waiter)
 
     def on_message_complete(self) -> None:
@@ -385,7 +385,7 @@ class _Exchange:
         self._conn = None
         conn.exchange = None
         self._cancel_timer()
-        if self._keep_alive and self._body_sent and not conn.closed:
+        if self._keep_alive and not conn.closed:
             if conn.reading_paused:
                 conn.reading_paused = False
                 conn.transport.resume_reading()

@@ -45,9 +45,7 @@ async def seed(database_url: str, alpha_url: str, beta_url: str) -> None:
     try:
         await store.add_worker(WorkerCreate(name="alpha", upstreams=[alpha_url]))
         await store.add_worker(WorkerCreate(name="beta", upstreams=[beta_url]))
-        await store.add_worker(
-            WorkerCreate(name="off", upstreams=[alpha_url], enabled=False)
-        )
+        await store.add_worker(WorkerCreate(name="off", upstreams=[alpha_url], enabled=False))
         await store.add_worker(WorkerCreate(name="based", upstreams=[f"{beta_url}/echo/base/"]))
         await store.add_worker(WorkerCreate(name="gamma", upstreams=[alpha_url]))
         await store.add_worker(

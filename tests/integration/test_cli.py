@@ -162,16 +162,27 @@ def test_resolve_prints_the_route(registry: str, capsys: pytest.CaptureFixture[s
     code, out, _ = run(capsys, "resolve", "http://shop.localhost:8080/a/b?x=1", "--json")
     assert code == 0
     assert json.loads(out) == {
-        "kind": "subdomain", "worker": "shop", "upstream_path": "/a/b", "query": "x=1"
+        "kind": "subdomain",
+        "worker": "shop",
+        "upstream_path": "/a/b",
+        "query": "x=1",
     }
     code, out, _ = run(capsys, "resolve", "https://shop.example.org/", "--json")
     assert json.loads(out)["kind"] == "custom_domain"
     code, out, _ = run(capsys, "resolve", "http://localhost/dispatch/shop/p%2Fq?z", "--json")
     assert json.loads(out) == {
-        "kind": "path", "worker": "shop", "upstream_path": "/p%2Fq", "query": "z"
+        "kind": "path",
+        "worker": "shop",
+        "upstream_path": "/p%2Fq",
+        "query": "z",
     }
     code, out, _ = run(capsys, "resolve", "http://localhost/dispatch?worker=shop&k=v", "--json")
-    assert json.loads(out) == {"kind": "query", "worker": "shop", "upstream_path": "/", "query": "k=v"}
+    assert json.loads(out) == {
+        "kind": "query",
+        "worker": "shop",
+        "upstream_path": "/",
+        "query": "k=v",
+    }
     code, out, _ = run(capsys, "resolve", "http://localhost/dispatch?worker=shop")
     assert code == 0 and "kind: query" in out and "upstreams: http://127.0.0.1:1" in out
 
@@ -192,9 +203,7 @@ def test_bad_setting_names_key_and_value(
     assert err.count("\n") == 1
 
 
-def test_missing_config_file_is_an_error(
-    registry: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_missing_config_file_is_an_error(registry: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "--config", "nope.toml", "workers", "list")
     assert code == 1 and "nope.toml" in err
 

@@ -7,7 +7,6 @@ throwaway Postgres as the registry.
 from __future__ import annotations
 
 import hashlib
-import json
 import socket
 import uuid
 from typing import Any
@@ -192,43 +191,53 @@ def test_control_plane_unknown_path_and_method(stack: Stack) -> None:
 @pytest.mark.parametrize(
     ("request_kwargs", "status", "code"),
     [
-        pytest.param({"url": "/", "headers": {"host": "bad_host!"}}, 400, "invalid_host", id="host"),
         pytest.param(
-            {"url": "/", "headers": {"host": "www.example.com"}}, 400, "reserved_worker_name",
+            {"url": "/", "headers": {"host": "bad_host!"}}, 400, "invalid_host", id="host"
+        ),
+        pytest.param(
+            {"url": "/", "headers": {"host": "www.example.com"}},
+            400,
+            "reserved_worker_name",
             id="reserved-subdomain",
         ),
-        pytest.param(
-            {"url": "/dispatch/admin/x"}, 400, "reserved_worker_name", id="reserved-path"
-        ),
-        pytest.param(
-            {"url": "/dispatch/-bad-/x"}, 400, "invalid_worker_name", id="invalid-path"
-        ),
+        pytest.param({"url": "/dispatch/admin/x"}, 400, "reserved_worker_name", id="reserved-path"),
+        pytest.param({"url": "/dispatch/-bad-/x"}, 400, "invalid_worker_name", id="invalid-path"),
         pytest.param(
             {"url": "/dispatch?worker=a_b"}, 400, "invalid_worker_name", id="invalid-query"
         ),
         pytest.param({"url": "/dispatch?worker="}, 400, "missing_worker", id="empty-query"),
         pytest.param(
-            {"url": "/", "headers": {"host": "nobody.localhost"}}, 404, "worker_not_found",
+            {"url": "/", "headers": {"host": "nobody.localhost"}},
+            404,
+            "worker_not_found",
             id="unknown-subdomain",
         ),
         pytest.param(
-            {"url": "/", "headers": {"host": "off.localhost"}}, 404, "worker_not_found",
+            {"url": "/", "headers": {"host": "off.localhost"}},
+            404,
+            "worker_not_found",
             id="disabled-worker",
         ),
         pytest.param({"url": "/dispatch/nobody/"}, 404, "worker_not_found", id="unknown-path"),
         pytest.param(
-            {"url": "/", "headers": {"host": "a.b.localhost"}}, 404, "domain_not_found",
+            {"url": "/", "headers": {"host": "a.b.localhost"}},
+            404,
+            "domain_not_found",
             id="two-labels",
         ),
         pytest.param(
-            {"url": "/", "headers": {"host": "unknown.example.net"}}, 404, "domain_not_found",
+            {"url": "/", "headers": {"host": "unknown.example.net"}},
+            404,
+            "domain_not_found",
             id="unknown-domain",
         ),
         pytest.param(
             {"url": "/dispatch/alpha/a/%2e%2E/x"}, 400, "invalid_request", id="dot-segments"
         ),
         pytest.param(
-            {"url": "/", "headers": {"host": "gone.localhost"}}, 502, "upstream_unavailable",
+            {"url": "/", "headers": {"host": "gone.localhost"}},
+            502,
+            "upstream_unavailable",
             id="refused",
         ),
     ],
@@ -277,9 +286,7 @@ def test_body_over_the_workers_limit_is_413(stack: Stack) -> None:
 
 def test_oversized_request_headers_are_431(stack: Stack) -> None:
     with stack.client() as client:
-        response = client.get(
-            "/echo", headers={"host": "alpha.localhost", "x-big": "a" * 40_000}
-        )
+        response = client.get("/echo", headers={"host": "alpha.localhost", "x-big": "a" * 40_000})
     assert response.status_code == 431
     assert error_of(response)["code"] == "headers_too_large"
 
@@ -399,9 +406,10 @@ def test_head_request_gets_headers_only(stack: Stack) -> None:
 
 def test_server_sent_events_arrive_event_by_event(stack: Stack) -> None:
     key = uuid.uuid4().hex
-    with stack.client() as client, client.stream(
-        "GET", f"/sse?key={key}", headers={"host": "alpha.localhost"}
-    ) as response:
+    with (
+        stack.client() as client,
+        client.stream("GET", f"/sse?key={key}", headers={"host": "alpha.localhost"}) as response,
+    ):
         assert response.headers["content-type"] == "text/event-stream"
         lines = response.iter_lines()
         assert next(lines) == "data: one"

@@ -1,4 +1,4 @@
-"""``dispatcher serve`` as a real process: migrations on start, and bodies streamed with flat memory."""
+"""`dispatcher serve` as a real process: migrations first, bodies streamed with flat memory."""
 
 from __future__ import annotations
 
