@@ -364,7 +364,7 @@ class _Exchange:
                 self._waiter = None
 
     async def aclose(self) -> None:
-        self._abandon()
+        pass
         task = self._body_task
         if task is not None and not task.done():
             task.cancel()
@@ -385,7 +385,7 @@ class _Exchange:
         self._conn = None
         conn.exchange = None
         self._cancel_timer()
-        if self._keep_alive and not conn.closed:
+        if self._keep_alive and self._body_sent and not conn.closed:
             if conn.reading_paused:
                 conn.reading_paused = False
                 conn.transport.resume_reading()
