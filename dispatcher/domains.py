@@ -59,6 +59,9 @@ class CustomDomainResolver:
         self._cache: LRUCache[str, _Entry] = LRUCache(maxsize=maxsize)
         self._failed: LRUCache[str, float] = LRUCache(maxsize=min(maxsize, 10_000))
         self._inflight: dict[str, asyncio.Task[DomainAnswer]] = {}
+        # Bumped by every invalidation: a lookup that started before it must not write its
+        # (possibly outdated) answer into the cache.
+        self._generation = 0
         self.hits = 0
         self.misses = 0
         self.queries = 0
@@ -94,19 +97,27 @@ class CustomDomainResolver:
             # a client that disconnects does not cancel the lookup the others wait for.
             pending = asyncio.get_running_loop().create_task(self._refresh(host))
             self._inflight[host] = pending
-            pending.add_done_callback(lambda _: self._inflight.pop(host, None))
+            pending.add_done_callback(lambda done: self._forget(host, done))
         return await asyncio.shield(pending)
 
     def invalidate(self, host: str | None = None) -> None:
         """Forget ``host`` (or everything) so the next request asks the registry."""
+        self._generation += 1
         if host is None:
             self._cache.clear()
             self._failed.clear()
+            self._inflight.clear()
         else:
             self._cache.pop(host, None)
             self._failed.pop(host, None)
+            self._inflight.pop(host, None)
+
+    def _forget(self, host: str, task: asyncio.Task[DomainAnswer]) -> None:
+        if self._inflight.get(host) is task:
+            del self._inflight[host]
 
     async def _refresh(self, host: str) -> DomainAnswer:
+        generation = self._generation
         now = self._clock()
         stale = self._cache.get(host)
         if self._failed.get(host, 0.0) > now:
@@ -121,7 +132,8 @@ class CustomDomainResolver:
                 return stale.answer
             _log.warning("domain_lookup_failed", host=host)
             return UNAVAILABLE
-        ttl = self._ttl if answer is not None else self._negative_ttl
-        self._cache[host] = _Entry(answer, self._clock() + ttl)
-        self._failed.pop(host, None)
+        if generation == self._generation:
+            ttl = self._ttl if answer is not None else self._negative_ttl
+            self._cache[host] = _Entry(answer, self._clock() + ttl)
+            self._failed.pop(host, None)
         return answer

@@ -58,8 +58,9 @@ def validate_worker_name(name: str, reserved: frozenset[str] | tuple[str, ...]) 
     Raises ``InvalidWorkerName`` for anything outside RFC 1123 label syntax (1-63 characters of
     ``[a-z0-9-]``, no leading or trailing hyphen) and ``ReservedWorkerName`` for reserved names.
     """
-    canonical = name.lower()
-    if not canonical.isascii() or _WORKER_NAME.fullmatch(canonical) is None:
+    # ASCII first: str.lower() maps some non-ASCII letters onto ASCII (U+212A KELVIN SIGN -> "k").
+    canonical = name.lower() if name.isascii() else ""
+    if _WORKER_NAME.fullmatch(canonical) is None:
         raise InvalidWorkerName(
             f"Invalid worker name {_quote(name)}: use 1-63 characters a-z, 0-9 and '-', "
             "not starting or ending with '-'"
@@ -95,7 +96,7 @@ def normalize_host(raw: str) -> str:
         if end == -1:
             raise InvalidHost("Malformed IPv6 host")
         host, rest = value[: end + 1], value[end + 1 :]
-        if rest and not (rest.startswith(":") and _PORT.fullmatch(rest[1:])):
+        if rest and not (rest.startswith(":") and _valid_port(rest[1:])):
             raise InvalidHost("Malformed port in Host header")
         if not is_ip_literal(host):
             raise InvalidHost("Malformed IPv6 host")
@@ -103,7 +104,7 @@ def normalize_host(raw: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep:
         host = value
-    elif _PORT.fullmatch(port) is None or (port and int(port) > 65535):
+    elif not _valid_port(port):
         raise InvalidHost("Malformed port in Host header")
     return normalize_domain(host)
 
@@ -129,6 +130,11 @@ def normalize_domain(name: str) -> str:
         if _LABEL.fullmatch(label) is None and not _is_underscore_label(label):
             raise InvalidHost("Host contains an invalid label")
     return host
+
+
+def _valid_port(port: str) -> bool:
+    # RFC 3986 section 3.2.3 allows an empty port ("host:").
+    return _PORT.fullmatch(port) is not None and (not port or int(port) <= 65535)
 
 
 def _is_underscore_label(label: str) -> bool:

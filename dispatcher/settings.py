@@ -127,6 +127,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"{item!r} is not an IP address or CIDR network") from exc
         return value
 
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _blank_token_is_unset(cls, value: Any) -> Any:
+        # Compose files write an unset variable as empty: that must not enable the admin API.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:

@@ -35,8 +35,18 @@ def run() -> int:
     settings = load_settings()
     asyncio.run(register(settings.async_database_url, upstream))
     tenant = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "examples.hello:app"]
-        + ["--host", "127.0.0.1", "--port", port, "--log-level", "warning"]
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "examples.hello:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            port,
+            "--log-level",
+            "warning",
+        ]
     )
     try:
         print(f"demo tenant on {upstream}; try: curl http://hello.localhost:8080/", flush=True)

@@ -32,16 +32,20 @@ from typing import Any, NoReturn, TypeVar
 import asyncpg
 import pytest
 
-__all__ = ["PostgresServer", "find_postgres_bindir", "run_async"]
+__all__ = ["PostgresServer", "find_postgres_bindir", "run_async", "settle_aiosqlite_threads"]
 
 _T = TypeVar("_T")
 
+# Durability is off for speed, except synchronous_commit: with it off, commits acknowledged in
+# the last few hundred milliseconds are lost when ``stop()`` kills the server (-m immediate),
+# which would turn outage tests into data-loss tests. With fsync off, a synchronous commit
+# costs only a write() to the OS, which survives the kill.
 _SERVER_SETTINGS = """
 listen_addresses = '127.0.0.1'
 port = {port}
 unix_socket_directories = '{socket_dir}'
 fsync = off
-synchronous_commit = off
+synchronous_commit = on
 full_page_writes = off
 max_connections = 200
 log_min_messages = warning
@@ -81,6 +85,27 @@ def run_async(coro: Coroutine[Any, Any, _T]) -> _T:
         raise outcome["error"]
     value: _T = outcome["value"]
     return value
+
+
+async def settle_aiosqlite_threads(timeout: float = 5.0) -> None:
+    """Wait until the worker threads of closed aiosqlite connections have exited.
+
+    When aiosqlite fails to open a database it stops its worker thread without waiting for
+    it; if the test's event loop closes first, the thread's last callback raises "Event loop
+    is closed" (an unhandled thread exception, an error under ``filterwarnings = error``).
+    Call this at the end of a test that made SQLite connections fail to open.
+    """
+    workers = [
+        thread
+        for thread in threading.enumerate()
+        if thread.name.endswith("(_connection_worker_thread)")
+    ]
+
+    def join() -> None:
+        for thread in workers:
+            thread.join(timeout)
+
+    await asyncio.to_thread(join)
 
 
 def _free_port() -> int:

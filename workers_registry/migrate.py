@@ -15,6 +15,7 @@ to run from several processes at once (every dispatcher replica migrates on star
 from __future__ import annotations
 
 import asyncio
+import weakref
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -42,6 +43,12 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 # pg_advisory_xact_lock key shared by every migrator: the bytes of "dispatch" as a bigint.
 _MIGRATION_LOCK_KEY = int.from_bytes(b"dispatch", "big")
+
+# alembic keeps the running migration in module globals (``alembic.context``, ``alembic.op``),
+# so two upgrades in one process must not interleave; one lock per event loop.
+_alembic_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
 
 _UNREACHABLE: tuple[type[BaseException], ...] = (
     sa_exc.OperationalError,
@@ -80,11 +87,12 @@ async def upgrade(
         if engine.dialect.name == "sqlite":
             await _use_wal(engine)
         async with for_writing(engine).begin() as connection:
-            if False:
+            if connection.dialect.name == "postgresql":
                 await connection.execute(
                     sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
                 )
-            await connection.run_sync(_upgrade_on, alembic_config(), "head")
+            async with _alembic_lock():
+                await connection.run_sync(_upgrade_on, alembic_config(), "head")
     except _UNREACHABLE as exc:
         raise RegistryUnavailable(
             "Cannot apply the registry migrations: the database cannot be reached"
@@ -106,6 +114,14 @@ async def current_revision(database_url: str, *, connect_timeout: float = 5.0) -
             return await connection.run_sync(_revision_of)
     finally:
         await engine.dispose()
+
+
+def _alembic_lock() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    lock = _alembic_locks.get(loop)
+    if lock is None:
+        lock = _alembic_locks[loop] = asyncio.Lock()
+    return lock
 
 
 async def _use_wal(engine: AsyncEngine) -> None:

@@ -130,13 +130,16 @@ def create_registry_engine(
     connect_timeout: float = 5.0,
     query_timeout: float = 5.0,
     pooled: bool = True,
+    pre_ping: bool = True,
 ) -> AsyncEngine:
     """An ``AsyncEngine`` configured for the registry.
 
     Postgres (asyncpg): connect timeout, per-statement ``command_timeout``, a small pool with
     pre-ping so connections broken by a database restart are replaced. SQLite (aiosqlite):
     busy timeout, foreign keys on, and BEGIN emitted by SQLAlchemy (see the module docstring).
-    ``pooled=False`` uses no pool (one-shot tools such as migrations).
+    ``pooled=False`` uses no pool (one-shot tools such as migrations). ``pre_ping`` checks a
+    pooled Postgres connection before each use (asyncpg: a BEGIN/ROLLBACK round trip pair);
+    without it the first query after a database restart fails, and the pool is then renewed.
     """
     sa_url = make_url(async_database_url(url))
     kwargs: dict[str, Any] = {}
@@ -152,7 +155,7 @@ def create_registry_engine(
             )
         engine = create_async_engine(
             sa_url,
-            pool_pre_ping=True,
+            pool_pre_ping=pre_ping,
             connect_args={
                 "timeout": connect_timeout,
                 "command_timeout": query_timeout,
@@ -291,11 +294,16 @@ class RegistryStore:
 
     @classmethod
     def from_url(
-        cls, url: str, *, connect_timeout: float = 5.0, query_timeout: float = 5.0
+        cls,
+        url: str,
+        *,
+        connect_timeout: float = 5.0,
+        query_timeout: float = 5.0,
+        pre_ping: bool = True,
     ) -> RegistryStore:
         """A store on ``url`` (``sqlite[+aiosqlite]://`` or ``postgresql[+asyncpg]://``)."""
         engine = create_registry_engine(
-            url, connect_timeout=connect_timeout, query_timeout=query_timeout
+            url, connect_timeout=connect_timeout, query_timeout=query_timeout, pre_ping=pre_ping
         )
         return cls(engine, query_timeout=query_timeout)
 

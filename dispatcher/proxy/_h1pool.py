@@ -15,9 +15,10 @@ anything unfinished (an error, a timeout, ``aclose()`` mid-body, a cancelled cal
 Errors, with our own messages and the socket error chained:
 
 - connect refused or timed out, reset/EOF or a malformed answer before the head: UpstreamUnavailable
-  (a reused idle connection found dead is retried once on a new one when there is no body)
-- no head within ``response_timeout`` of the request being sent, or the upstream stops reading
-  the request body for ``idle_timeout``: UpstreamTimeout
+  (a reused idle connection found dead is retried once on a new one for a bodiless
+  idempotent request)
+- no head within ``response_timeout`` of the request being sent (its last body byte written),
+  or the upstream stops reading the request body for ``idle_timeout``: UpstreamTimeout
 - reset, EOF, bad framing or ``idle_timeout`` of silence after the head: UpstreamBodyError
 - a request body longer or shorter than ``RequestBody.length``: InvalidRequest; an exception
   raised by the body iterator itself reaches the caller unchanged.
@@ -47,6 +48,8 @@ _SEP: Final = b": "
 _CRLF: Final = b"\r\n"
 _LAST_CHUNK: Final = b"0\r\n\r\n"
 _PAUSE_ABOVE: Final = 256 * 1024  # unread response bytes above which reading pauses
+# A proxy must not retry non-idempotent requests by itself (RFC 9112 section 9.3.1).
+_IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 
 # Exchange states, in order.
 _HEAD, _BODY, _DONE, _FAILED = 0, 1, 2, 3
@@ -58,20 +61,6 @@ class _Stale(UpstreamUnavailable):
 
 class _Connection(asyncio.Protocol):
     """One socket to an upstream: forwards bytes and events to the exchange that holds it."""
-
-    __slots__ = (
-        "closed",
-        "drain_waiter",
-        "exchange",
-        "idle_since",
-        "loop",
-        "lost_waiter",
-        "origin",
-        "pool",
-        "reading_paused",
-        "transport",
-        "write_paused",
-    )
 
     transport: asyncio.Transport
 
@@ -179,7 +168,8 @@ class _Exchange:
             self._keep_alive = False  # a second response to one request
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if self._state == _HEAD:  # trailers of a chunked body are dropped
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self._state != _HEAD:
@@ -364,7 +354,7 @@ class _Exchange:
                 self._waiter = None
 
     async def aclose(self) -> None:
-        pass
+        self._abandon()
         task = self._body_task
         if task is not None and not task.done():
             task.cancel()
@@ -399,7 +389,7 @@ class _Exchange:
         if self._state >= _DONE:
             return
         if cause is not None:
-            error.__cause__ = cause
+            error.__cause__, error.__suppress_context__ = cause, True
         self._state = _FAILED
         self._error = error
         self._cancel_timer()
@@ -412,7 +402,8 @@ class _Exchange:
         _wake(self._waiter)
 
     def _abandon(self) -> None:
-        self._fail(UpstreamBodyError("The response was closed before it finished"))
+        if self._state < _DONE:
+            self._fail(UpstreamBodyError("The response was closed before it finished"))
 
     def _on_response_timeout(self) -> None:
         self._timer = None
@@ -487,7 +478,7 @@ class H1Pool:
             try:
                 return await exchange.wait_head()
             except _Stale as exc:
-                if body is not None:
+                if body is not None or method not in _IDEMPOTENT:
                     raise UpstreamUnavailable(
                         "The worker's upstream closed the connection"
                     ) from exc
@@ -541,7 +532,7 @@ class H1Pool:
             conn = idle.pop()
             if conn.closed or conn.transport.is_closing():
                 continue
-            if conn.loop.time() - conn.idle_since > self._idle_timeout:
+            if conn.loop.time() - conn.idle_since >= self._idle_timeout:
                 # The newest is too old, so are all the others.
                 for old in (conn, *idle):
                     old.close()

@@ -190,6 +190,8 @@ def prepare_request_headers(
             continue
         if name == b"content-length":
             lengths.append(value)
+            if len(lengths) > 1:
+                continue  # identical duplicates are folded into one (checked below)
         kept.append((name, value))
     if size > max_header_bytes:
         raise HeadersTooLarge(f"Request headers exceed {max_header_bytes} bytes")
@@ -198,6 +200,9 @@ def prepare_request_headers(
         kept = [(name, value) for name, value in kept if name not in named]
 
     content_length = _content_length(lengths)
+    if len(lengths) > 1 or (lengths and lengths[0].strip() != lengths[0]):
+        kept = [(n, v) for n, v in kept if n != b"content-length"]
+        kept.append((b"content-length", str(content_length).encode("ascii")))
     if chunked and content_length is not None:
         # RFC 9112 section 6.3: Transfer-Encoding wins; never forward both.
         kept = [(name, value) for name, value in kept if name != b"content-length"]
@@ -215,7 +220,8 @@ def prepare_request_headers(
     peer = (context.peer or "").encode("ascii", "replace")
     chain = b", ".join(forwarded_for) + b", " + peer if forwarded_for else peer
     kept.append((b"host", context.host_header))
-    kept.append((b"x-forwarded-for", chain))
+    if chain:
+        kept.append((b"x-forwarded-for", chain))
     kept.append((b"x-forwarded-proto", forwarded_proto or context.scheme.encode("ascii")))
     kept.append((b"x-forwarded-host", forwarded_host or client_host))
     if context.prefix:

@@ -167,7 +167,9 @@ def test_normalize_host_of_any_valid_name_is_the_lowercase_name(case: tuple[str,
 
 
 @given(st.ip_addresses(v=4), st.none() | st.integers(min_value=1, max_value=65535))
-def test_normalize_host_keeps_ipv4_literals(address: ipaddress.IPv4Address, port: int | None) -> None:
+def test_normalize_host_keeps_ipv4_literals(
+    address: ipaddress.IPv4Address, port: int | None
+) -> None:
     raw = str(address) if port is None else f"{address}:{port}"
     assert normalize_host(raw) == str(address)
 
@@ -295,7 +297,7 @@ def test_validate_worker_name_accepts_rfc1123_labels(name: str, expected: str) -
         pytest.param("shop\u0131", id="dotless-i"),
         pytest.param("\u212a", id="kelvin-sign-is-not-k"),
         pytest.param("\u212aiosk", id="kelvin-sign-inside-name"),
-        pytest.param("１２３", id="fullwidth-digits"),
+        pytest.param("\uff11\uff12\uff13", id="fullwidth-digits"),
     ],
 )
 def test_validate_worker_name_rejects_anything_outside_rfc1123(name: str) -> None:
@@ -345,7 +347,7 @@ def test_worker_name_errors_are_400_routing_errors(error: type[RoutingError], co
 
 @given(st.text(max_size=70) | st.from_regex(RFC1123_LABEL, fullmatch=True))
 @example("\u212a")  # KELVIN SIGN: str.lower() turns it into ASCII "k"
-@example("ſhop")  # LATIN SMALL LETTER LONG S
+@example("\u017fhop")  # LATIN SMALL LETTER LONG S
 @example("İ")
 def test_validate_worker_name_accepts_exactly_rfc1123_labels_minus_reserved(name: str) -> None:
     is_label = RFC1123_LABEL.fullmatch(name) is not None

@@ -142,6 +142,26 @@ def test_control_host_ignores_the_custom_domain_answer(domain: DomainAnswer) -> 
     assert resolve("example.com", b"/health", b"", TABLE, domain) is CONTROL
 
 
+def test_default_base_domain_localhost_routes_worker_subdomains() -> None:
+    table = RoutingTable.build(
+        base_domains=["localhost"], reserved=DEFAULT_RESERVED_NAMES, workers=WORKERS.values()
+    )
+    assert resolve("shop.localhost", b"/", b"", table) == route("shop", RouteKind.SUBDOMAIN)
+    assert resolve("localhost", b"/", b"", table) is CONTROL
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost", "127.0.0.1", "[::1]", "example.com", "ops.example.org"]
+)
+def test_path_and_query_routes_work_on_every_control_host(host: str) -> None:
+    assert resolve(host, b"/dispatch/shop/x", b"", TABLE) == route(
+        "shop", RouteKind.PATH, b"/x", b"", "/dispatch/shop"
+    )
+    assert resolve(host, b"/dispatch", b"worker=shop", TABLE) == route(
+        "shop", RouteKind.QUERY, b"/", b"", "/dispatch"
+    )
+
+
 # --- subdomain routes -----------------------------------------------------------------------
 
 
@@ -330,11 +350,15 @@ def test_tenant_route_does_not_depend_on_the_method(method: str) -> None:
     ("path", "query", "expected"),
     [
         pytest.param(
-            b"/dispatch/shop", b"", route("shop", RouteKind.PATH, b"/", b"", "/dispatch/shop"),
+            b"/dispatch/shop",
+            b"",
+            route("shop", RouteKind.PATH, b"/", b"", "/dispatch/shop"),
             id="no-rest-is-slash",
         ),
         pytest.param(
-            b"/dispatch/shop/", b"", route("shop", RouteKind.PATH, b"/", b"", "/dispatch/shop"),
+            b"/dispatch/shop/",
+            b"",
+            route("shop", RouteKind.PATH, b"/", b"", "/dispatch/shop"),
             id="trailing-slash",
         ),
         pytest.param(
@@ -454,7 +478,11 @@ def test_paths_that_only_look_like_dispatch_stay_on_the_control_plane(path: byte
         pytest.param(b"/dispatch", b"a=1&worker=shop&b=2", "shop", b"a=1&b=2", id="middle"),
         pytest.param(b"/dispatch", b"b=2&a=1&worker=shop", "shop", b"b=2&a=1", id="order-kept"),
         pytest.param(
-            b"/dispatch", b"worker=shop&worker=blog", "shop", b"", id="first-worker-wins-all-removed"
+            b"/dispatch",
+            b"worker=shop&worker=blog",
+            "shop",
+            b"",
+            id="first-worker-wins-all-removed",
         ),
         pytest.param(
             b"/dispatch", b"wor%6Ber=shop&x=%41", "shop", b"x=%41", id="encoded-name-decoded"
@@ -618,9 +646,7 @@ def test_path_route_keeps_the_raw_bytes_after_the_worker_segment(
     rest = b"".join(b"/" + s for s in rest_segments)
     prefix = b"/api/dispatch" if api else b"/dispatch"
     result = resolve("localhost", prefix + b"/" + segment + rest, query, TABLE)
-    assert result == route(
-        "shop", RouteKind.PATH, rest or b"/", query, prefix.decode() + "/shop"
-    )
+    assert result == route("shop", RouteKind.PATH, rest or b"/", query, prefix.decode() + "/shop")
 
 
 @given(
@@ -684,7 +710,11 @@ answers = st.sampled_from(
     [
         None,
         UNAVAILABLE,
-        *(make_domain("x.example.org", w, s.value) for w in ("shop", "old", "gone") for s in DomainStatus),
+        *(
+            make_domain("x.example.org", w, s.value)
+            for w in ("shop", "old", "gone")
+            for s in DomainStatus
+        ),
     ]
 )
 

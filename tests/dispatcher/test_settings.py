@@ -263,10 +263,10 @@ def test_named_config_file_that_does_not_exist_is_an_error(
     missing = tmp_path / "missing.toml"
     if how == "env":
         monkeypatch.setenv("DISPATCHER_CONFIG", str(missing))
-        with pytest.raises(ConfigError, match="missing.toml"):
+        with pytest.raises(ConfigError, match=r"missing\.toml"):
             load_settings()
     else:
-        with pytest.raises(ConfigError, match="missing.toml"):
+        with pytest.raises(ConfigError, match=r"missing\.toml"):
             load_settings(missing)
 
 
@@ -283,7 +283,7 @@ def test_unknown_key_in_the_config_file_is_an_error(tmp_path: Path) -> None:
 
 def test_malformed_config_file_is_an_error(tmp_path: Path) -> None:
     path = write_default_file(tmp_path, "port = \n")
-    with pytest.raises(ConfigError, match="dispatcher.toml"):
+    with pytest.raises(ConfigError, match=r"dispatcher\.toml"):
         load_settings(path)
 
 
@@ -317,9 +317,7 @@ def test_no_config_file_at_all_gives_the_defaults() -> None:
         pytest.param("via_name", "has space", id="via-name-space"),
         pytest.param("database_url", "mysql://db/x", id="database-unsupported"),
         pytest.param("base_domains", "exa mple.com", id="base-domain-invalid"),
-        pytest.param(
-            "base_domains", "ok.example,bad_label.example", id="base-domain-one-bad"
-        ),
+        pytest.param("base_domains", "ok.example,bad_label.example", id="base-domain-one-bad"),
         pytest.param("control_hosts", "-bad.example", id="control-host-invalid"),
         pytest.param("trusted_proxies", "not-an-ip", id="trusted-proxy-invalid"),
         pytest.param("trusted_proxies", "10.0.0.0/33", id="trusted-proxy-bad-prefix"),
@@ -407,3 +405,18 @@ def test_settings_validate_worker_names_against_the_configured_reserved_list(
         settings.validate_worker_name("Internal")
     with pytest.raises(InvalidWorkerName):
         settings.validate_worker_name("-bad")
+
+
+@pytest.mark.parametrize("value", [pytest.param("", id="empty"), pytest.param("  ", id="blank")])
+def test_empty_admin_token_does_not_enable_the_admin_api(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # ``DISPATCHER_ADMIN_TOKEN=`` (as compose files write an unset variable) must not configure
+    # the empty string as the bearer token: either it means "unset" or it is refused.
+    monkeypatch.setenv("DISPATCHER_ADMIN_TOKEN", value)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        assert "admin_token" in str(exc)
+        return
+    assert settings.admin_token is None

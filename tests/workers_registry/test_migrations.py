@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -15,6 +17,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from dispatcher.errors import RegistryUnavailable
+from tests.postgres import settle_aiosqlite_threads
 from workers_registry.migrate import alembic_config, current_revision, head_revision, upgrade
 from workers_registry.store import RegistryStore, create_registry_engine
 from workers_registry.tables import metadata
@@ -57,7 +60,7 @@ async def test_upgrade_creates_the_schema_at_head(registry_url: str) -> None:
 
     await upgrade(registry_url)
 
-    assert REGISTRY_TABLES <= await _table_names(registry_url)
+    assert await _table_names(registry_url) >= REGISTRY_TABLES
     assert await current_revision(registry_url) == head_revision()
     assert await _run(registry_url, "SELECT id, version FROM registry_version") == [(1, 0)]
 
@@ -81,6 +84,29 @@ async def test_concurrent_upgrades_both_succeed(registry_url: str) -> None:
     assert await _run(registry_url, "SELECT id, version FROM registry_version") == [(1, 0)]
 
 
+async def test_upgrades_from_concurrent_processes_all_succeed(registry_url: str) -> None:
+    # The real deployment: several replicas start at once and each runs `db upgrade`.
+    code = (
+        "import sys; from workers_registry.migrate import upgrade_sync; upgrade_sync(sys.argv[1])"
+    )
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            code,
+            registry_url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
+    outcomes = [await process.communicate() for process in processes]
+
+    assert [process.returncode for process in processes] == [0, 0, 0], outcomes
+    assert await current_revision(registry_url) == head_revision()
+    assert await _run(registry_url, "SELECT id, version FROM registry_version") == [(1, 0)]
+
+
 async def test_migrated_schema_matches_the_table_definitions(registry_url: str) -> None:
     await upgrade(registry_url)
 
@@ -99,7 +125,9 @@ async def test_migrated_schema_matches_the_table_definitions(registry_url: str) 
 async def test_rows_written_with_plain_sql_get_the_schema_defaults(registry_url: str) -> None:
     await upgrade(registry_url)
     await _run(registry_url, "INSERT INTO workers (name, upstreams) VALUES ('a', '[\"http://a\"]')")
-    await _run(registry_url, "INSERT INTO custom_domains (domain, worker) VALUES ('a.example', 'a')")
+    await _run(
+        registry_url, "INSERT INTO custom_domains (domain, worker) VALUES ('a.example', 'a')"
+    )
 
     async with RegistryStore.from_url(registry_url) as store:
         worker = await store.get_worker("a")
@@ -140,7 +168,7 @@ async def test_downgrade_to_base_removes_the_schema(registry_url: str) -> None:
 
     assert not REGISTRY_TABLES & await _table_names(registry_url)
     await upgrade(registry_url)  # and back up again
-    assert REGISTRY_TABLES <= await _table_names(registry_url)
+    assert await _table_names(registry_url) >= REGISTRY_TABLES
 
 
 async def test_upgrade_of_an_unreachable_postgres_raises_registry_unavailable(
@@ -152,8 +180,9 @@ async def test_upgrade_of_an_unreachable_postgres_raises_registry_unavailable(
 
 
 async def test_upgrade_of_an_unopenable_sqlite_file_raises_registry_unavailable(
-    tmp_path: object,
+    tmp_path: Path,
 ) -> None:
     url = f"sqlite:///{tmp_path}/missing-directory/registry.db"
     with pytest.raises(RegistryUnavailable):
         await upgrade(url)
+    await settle_aiosqlite_threads()

@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from workers_registry.tables import metadata
 
+__all__ = ["do_run_migrations", "run_async_migrations"]
+
 config = context.config
 
 

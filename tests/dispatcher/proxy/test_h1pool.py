@@ -37,6 +37,8 @@ Run = Callable[[Coroutine[Any, Any, None]], None]
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 HOST = [(b"Host", b"upstream")]
+# Timers far beyond the 5 s test deadline, for tests where a timer firing would hide the bug.
+PATIENT = 60.0
 
 
 def _conforms(pool: H1Pool) -> UpstreamTransport:
@@ -87,6 +89,8 @@ class Upstream:
             await self.handler(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # our own teardown; finishing normally keeps 3.11's streams from logging it
         finally:
             self._tasks.discard(task)
             writer.close()
@@ -142,7 +146,9 @@ def ok(body: bytes = b"", *extra: bytes) -> bytes:
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
-def serve_forever(answer: Callable[[Upstream, bytes, bytes], bytes]) -> Callable[[Upstream], Handler]:
+def serve_forever(
+    answer: Callable[[Upstream, bytes, bytes], bytes],
+) -> Callable[[Upstream], Handler]:
     """A keep-alive server answering every request with ``answer(upstream, head, body)``."""
 
     def bind(up: Upstream) -> Handler:
@@ -169,9 +175,20 @@ async def fetch(
     target: bytes = b"/",
     headers: Headers = HOST,
     body: RequestBody | None = None,
-    **timeouts: float,
+    *,
+    response_timeout: float = 2.0,
+    idle_timeout: float = 2.0,
 ) -> tuple[UpstreamResponse, bytes]:
-    response = await send(pool, up, method, target, headers, body, **timeouts)
+    response = await send(
+        pool,
+        up,
+        method,
+        target,
+        headers,
+        body,
+        response_timeout=response_timeout,
+        idle_timeout=idle_timeout,
+    )
     try:
         data = b"".join([chunk async for chunk in response.body()])
     finally:
@@ -186,10 +203,20 @@ async def send(
     target: bytes = b"/",
     headers: Headers = HOST,
     body: RequestBody | None = None,
-    **timeouts: float,
+    *,
+    response_timeout: float = 2.0,
+    idle_timeout: float = 2.0,
 ) -> UpstreamResponse:
-    options = {"connect_timeout": 2.0, "response_timeout": 2.0, "idle_timeout": 2.0, **timeouts}
-    return await pool.request(up.origin, method, target, headers, body, **options)
+    return await pool.request(
+        up.origin,
+        method,
+        target,
+        headers,
+        body,
+        connect_timeout=2.0,
+        response_timeout=response_timeout,
+        idle_timeout=idle_timeout,
+    )
 
 
 async def stream(*parts: bytes) -> AsyncIterator[bytes]:
@@ -232,6 +259,11 @@ FRAMINGS = {
         b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
         1,
     ),
+    "chunked-with-trailer": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"b\r\nhello world\r\n0\r\nX-Trailer: late\r\n\r\n",
+        1,
+    ),
     "until-close": (b"HTTP/1.1 200 OK\r\n\r\nhello world", 2),
 }
 
@@ -254,8 +286,9 @@ def test_response_body_is_read_by_its_framing(run: Run, framing: str) -> None:
         pool = H1Pool()
         async with upstream(bind) as up:
             for _ in range(2):
-                _, data = await fetch(pool, up)
+                response, data = await fetch(pool, up)
                 assert data == b"hello world"
+                assert b"X-Trailer" not in dict(response.headers)  # the head is final
             assert up.connections == connections
             await pool.aclose()
 
@@ -370,7 +403,9 @@ def test_connection_close_response_is_not_reused(run: Run) -> None:
     async def main() -> None:
         pool = H1Pool()
         async with upstream(bind) as up:
-            assert (await fetch(pool, up))[1] == b"bye"
+            assert (await fetch(pool, up, response_timeout=PATIENT, idle_timeout=PATIENT))[
+                1
+            ] == b"bye"
             await up.client_closed.wait()
             assert (await fetch(pool, up))[1] == b"bye"
             assert up.connections == 2
@@ -408,6 +443,23 @@ def test_large_response_pauses_reading_until_consumed(run: Run) -> None:
                 assert chunk[:1] == block[received % len(block) : received % len(block) + 1]
                 received += len(chunk)
             assert received == total
+            await pool.aclose()
+
+    run(main())
+
+
+def test_extra_bytes_after_a_response_prevent_reuse(run: Run) -> None:
+    extra = b"HTTP/1.1 204 No Content\r\n\r\n"  # a second answer to one request
+    answer = serve_forever(
+        lambda up, head, body: ok(b"ok") + (extra if len(up.heads) == 1 else b"")
+    )
+
+    async def main() -> None:
+        pool = H1Pool()
+        async with upstream(answer) as up:
+            assert (await fetch(pool, up))[1] == b"ok"
+            assert (await fetch(pool, up))[1] == b"ok"
+            assert up.connections == 2
             await pool.aclose()
 
     run(main())
@@ -497,7 +549,14 @@ def test_body_not_matching_its_length_is_refused(run: Run, parts: tuple[bytes, .
         pool = H1Pool()
         async with upstream(bind) as up:
             with pytest.raises(InvalidRequest):
-                await send(pool, up, b"POST", body=RequestBody(stream(*parts), 5))
+                await send(
+                    pool,
+                    up,
+                    b"POST",
+                    body=RequestBody(stream(*parts), 5),
+                    response_timeout=PATIENT,
+                    idle_timeout=PATIENT,
+                )
             await up.client_closed.wait()
             await pool.aclose()
 
@@ -523,7 +582,14 @@ def test_body_iterator_error_reaches_the_caller_and_closes_the_connection(run: R
         pool = H1Pool()
         async with upstream(bind) as up:
             with pytest.raises(ClientWentAway):
-                await send(pool, up, b"POST", body=RequestBody(failing()))
+                await send(
+                    pool,
+                    up,
+                    b"POST",
+                    body=RequestBody(failing()),
+                    response_timeout=PATIENT,
+                    idle_timeout=PATIENT,
+                )
             await up.client_closed.wait()
             await pool.aclose()
 
@@ -557,11 +623,15 @@ def test_early_response_during_upload_ends_it_and_is_not_reused(run: Run) -> Non
         pool = H1Pool()
         async with upstream(bind) as up:
             body = RequestBody(slow_body())
-            response, data = await fetch(pool, up, b"POST", body=body)
-            assert (response.status, data) == (413, b"too big")
+            response = await send(
+                pool, up, b"POST", body=body, response_timeout=PATIENT, idle_timeout=PATIENT
+            )
+            assert response.status == 413
+            assert [chunk async for chunk in response.body()] == [b"too big"]
             await up.client_closed.wait()
-            await stopped.wait()
+            await stopped.wait()  # the upload stopped, before the response was closed
             assert body.sent == 5
+            await response.aclose()
             assert (await fetch(pool, up))[1] == b"fresh"
             assert up.connections == 2
             await pool.aclose()
@@ -676,7 +746,7 @@ def test_failure_mid_body_is_upstream_body_error(run: Run, how: str) -> None:
     run(main())
 
 
-def test_reused_connection_found_dead_is_retried_once_without_body(run: Run) -> None:
+def test_reused_connection_found_dead_is_retried_once_for_bodiless_idempotent(run: Run) -> None:
     def bind(up: Upstream) -> Handler:
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             first = up.connections == 1
@@ -700,8 +770,15 @@ def test_reused_connection_found_dead_is_retried_once_without_body(run: Run) -> 
             assert (await fetch(pool, up))[1] == b"fine"
             body = RequestBody(stream(b"data"), 4)
             with pytest.raises(UpstreamUnavailable):
-                await send(pool, up, b"POST", body=body)
+                await send(pool, up, b"PUT", body=body)
             assert up.connections == 1  # a body cannot be replayed
+            await pool.aclose()
+        pool = H1Pool()
+        async with upstream(bind) as up:
+            assert (await fetch(pool, up))[1] == b"fine"
+            with pytest.raises(UpstreamUnavailable):
+                await send(pool, up, b"POST")
+            assert up.connections == 1  # nor may a proxy retry a non-idempotent request
             await pool.aclose()
 
     run(main())
@@ -721,9 +798,7 @@ def test_idle_connection_closed_by_upstream_is_dropped_on_checkout(run: Run) -> 
         pool = H1Pool()
         async with upstream(bind) as up:
             assert (await fetch(pool, up))[1] == b"once"
-            for _ in range(100):  # let the loop deliver the EOF to the idle connection
-                if not any(pool._idle.values()):
-                    break
+            while any(pool._idle.values()):  # until the loop delivers the EOF to the idle one
                 await asyncio.sleep(0)
             body = RequestBody(stream(b"data"), 4)  # not replayable: must get a live connection
             assert (await fetch(pool, up, b"POST", body=body))[1] == b"once"
@@ -749,7 +824,7 @@ def test_aclose_mid_body_closes_the_connection(run: Run) -> None:
     async def main() -> None:
         pool = H1Pool()
         async with upstream(partial_body) as up:
-            response = await send(pool, up)
+            response = await send(pool, up, response_timeout=PATIENT, idle_timeout=PATIENT)
             assert await anext(response.body()) == b"0123456789"
             await response.aclose()
             await up.client_closed.wait()
@@ -775,7 +850,7 @@ def test_cancelling_the_caller_closes_the_connection(run: Run, stage: str) -> No
             return handler
 
         async def client(pool: H1Pool, up: Upstream) -> None:
-            response = await send(pool, up)
+            response = await send(pool, up, response_timeout=PATIENT, idle_timeout=PATIENT)
             async for _ in response.body():
                 reached.set()
 
@@ -829,6 +904,30 @@ def test_pool_keeps_at_most_max_idle_and_aclose_closes_them(run: Run) -> None:
     run(main())
 
 
+def test_connection_idle_longer_than_idle_timeout_is_closed_not_reused(run: Run) -> None:
+    async def main() -> None:
+        closed: list[int] = []
+
+        def bind(up: Upstream) -> Handler:
+            async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                index = up.connections
+                while await up.read_head(reader) is not None:
+                    writer.write(ok(b"hi"))
+                closed.append(index)
+
+            return handler
+
+        pool = H1Pool(idle_timeout=0.0)  # any time spent idle is too long
+        async with upstream(bind) as up:
+            await fetch(pool, up)
+            await fetch(pool, up)
+            assert up.connections == 2
+            assert closed == [1]
+            await pool.aclose()
+
+    run(main())
+
+
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     openssl = shutil.which("openssl")
@@ -837,9 +936,11 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("tls")
     cert, key = base / "cert.pem", base / "key.pem"
     subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
-        + ["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
-        + ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        [
+            *(openssl, "req", "-x509", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"),
+            *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)),
+        ],
         check=True,
         capture_output=True,
     )

@@ -180,7 +180,11 @@ def test_end_to_end_headers_are_kept_in_order_with_duplicates() -> None:
         (b"x-custom", b"v"),
     ]
     result = prepare(incoming)
-    kept = [(k, v) for k, v in result.headers if k in {b"cookie", b"accept", b"authorization", b"x-custom"}]
+    kept = [
+        (k, v)
+        for k, v in result.headers
+        if k in {b"cookie", b"accept", b"authorization", b"x-custom"}
+    ]
     assert kept == incoming[1:]
 
 
@@ -252,8 +256,9 @@ def test_peer_that_is_not_an_ip_is_untrusted() -> None:
 
 
 def test_unknown_peer_does_not_pass_a_forged_chain() -> None:
+    # No peer address (a unix socket, say): there is nothing true to say, so no header at all.
     result = prepare([*BASE, (b"x-forwarded-for", b"1.2.3.4")], peer=None)
-    assert b"1.2.3.4" not in header(result.headers, b"x-forwarded-for")
+    assert values(result.headers, b"x-forwarded-for") == []
 
 
 @pytest.mark.parametrize(
@@ -261,7 +266,12 @@ def test_unknown_peer_does_not_pass_a_forged_chain() -> None:
     [
         pytest.param(UNTRUSTED_PEER, None, None, b"https", b"shop.example.com", id="untrusted"),
         pytest.param(
-            UNTRUSTED_PEER, b"http", b"evil.test", b"https", b"shop.example.com", id="untrusted-lies"
+            UNTRUSTED_PEER,
+            b"http",
+            b"evil.test",
+            b"https",
+            b"shop.example.com",
+            id="untrusted-lies",
         ),
         pytest.param(TRUSTED_PEER, None, None, b"https", b"shop.example.com", id="trusted-silent"),
         pytest.param(
@@ -314,9 +324,7 @@ def test_x_forwarded_prefix_is_sent_only_for_prefixed_routes(
         pytest.param(TRUSTED_PEER, [b"for=1.2.3.4;proto=https"], id="trusted-kept"),
     ],
 )
-def test_forwarded_header_is_kept_only_from_trusted_peers(
-    peer: str, expected: list[bytes]
-) -> None:
+def test_forwarded_header_is_kept_only_from_trusted_peers(peer: str, expected: list[bytes]) -> None:
     result = prepare([*BASE, (b"forwarded", b"for=1.2.3.4;proto=https")], peer=peer)
     assert values(result.headers, b"forwarded") == expected
 
@@ -599,7 +607,8 @@ def test_prepared_headers_always_carry_exactly_one_of_each_header_we_own(
         b"x-dispatch-worker",
         b"x-dispatch-route",
     ):
-        assert out.count(name) == 1, name
+        expected = 0 if name == b"x-forwarded-for" and peer is None else 1
+        assert out.count(name) == expected, name
     assert not set(out) & (HOP_BY_HOP - {b"transfer-encoding"})
     assert not (b"content-length" in out and b"transfer-encoding" in out)
 
@@ -700,9 +709,7 @@ def test_response_end_to_end_headers_pass_as_received() -> None:
         (b"Cache-Control", b"no-store"),
     ]
     out = filter_response_headers(upstream, b"rid")
-    assert [(k.lower(), v) for k, v in upstream] == [
-        (k, v) for k, v in out if k != b"x-request-id"
-    ]
+    assert [(k.lower(), v) for k, v in upstream] == [(k, v) for k, v in out if k != b"x-request-id"]
 
 
 @pytest.mark.parametrize(
