@@ -19,14 +19,15 @@ import structlog
 
 from dispatcher.control.app import REQUEST_ID_KEY, create_control_app
 from dispatcher.domains import CustomDomainResolver
-from dispatcher.errors import DispatcherError
+from dispatcher.errors import DispatcherError, NotFound
 from dispatcher.hosts import normalize_host
 from dispatcher.logging import access_logger
 from dispatcher.proxy._h1pool import H1Pool
 from dispatcher.proxy.headers import RequestIds
 from dispatcher.proxy.http import Exchange, Forwarder
+from dispatcher.proxy.websocket import WebSocketForwarder
 from dispatcher.proxy.transport import UpstreamTransport
-from dispatcher.responses import send_error
+from dispatcher.responses import error_body, error_head, send_error
 from dispatcher.routing import Route, RoutingTable, resolve_control, resolve_tenant
 from dispatcher.settings import Settings
 from workers_registry.changes import RegistryFollower, RegistrySnapshot
@@ -50,6 +51,7 @@ class Gateway:
         self.ids = RequestIds()
         self.transport: UpstreamTransport = transport or H1Pool()
         self.forwarder = Forwarder(settings, self.transport, self.ids)
+        self.websockets = WebSocketForwarder(settings, self.ids)
         self.table = self._table(RegistrySnapshot(version=-1, workers=()))
         self.store: RegistryStore | None = None
         self.follower: RegistryFollower | None = None
@@ -69,43 +71,59 @@ class Gateway:
         kind = scope["type"]
         if kind == "http":
             await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
-        else:  # WebSockets: refused until the WebSocket forwarder lands
-            await send({"type": "websocket.close", "code": 1008})
+
+    async def _route(self, scope: Scope, host_header: bytes, method: str) -> Route | None:
+        """The route of a request, or ``None`` for the control plane (pure but for the cache)."""
+        host = normalize_host(host_header.decode("latin-1"))
+        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+        query = scope["query_string"]
+        table = self.table
+        if table.is_control_host(host):
+            decision = resolve_control(raw_path, query, table, method=method)
+            return decision if isinstance(decision, Route) else None
+        assert self.domains is not None, "lifespan has not run"
+        cached = self.domains.cached(host)
+        answer = await self.domains.resolve(host) if cached is False else cached
+        return resolve_tenant(host, raw_path, query, table, answer)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         exchange = Exchange()
-        host_header = b""
+        host_header = _header(scope, b"host") or b""
         try:
-            for name, value in scope["headers"]:
-                if name == b"host":
-                    host_header = value
-                    break
-            host = normalize_host(host_header.decode("latin-1"))
-            raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
-            query = scope["query_string"]
-            table = self.table
-            if table.is_control_host(host):
-                decision = resolve_control(raw_path, query, table, method=scope["method"])
-                if not isinstance(decision, Route):
-                    await self._control(scope, receive, send, exchange)
-                    return
-                route = decision
+            route = await self._route(scope, host_header, scope["method"])
+            if route is None:
+                await self._control(scope, receive, send, exchange)
             else:
-                assert self.domains is not None, "lifespan has not run"
-                cached = self.domains.cached(host)
-                answer = await self.domains.resolve(host) if cached is False else cached
-                route = resolve_tenant(host, raw_path, query, table, answer)
-            await self.forwarder.forward(scope, receive, send, route, exchange)
+                await self.forwarder.forward(scope, receive, send, route, exchange)
         except DispatcherError as exc:
             await self._fail(scope, send, exc, exchange)
         except Exception:
             _log.exception("unhandled_error", request_id=exchange.request_id)
             await self._fail(scope, send, DispatcherError(), exchange)
         finally:
-            self._log_access(scope, host_header, exchange, started)
+            self._log_access(scope, host_header, exchange, started, "GET")
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        exchange = Exchange()
+        host_header = _header(scope, b"host") or b""
+        try:
+            route = await self._route(scope, host_header, "GET")
+            if route is None:
+                raise NotFound("WebSockets are only forwarded to workers")
+            await self.websockets.forward(scope, receive, send, route, exchange)
+        except DispatcherError as exc:
+            await self._deny(scope, send, exc, exchange)
+        except Exception:
+            _log.exception("unhandled_error", request_id=exchange.request_id)
+            await self._deny(scope, send, DispatcherError(), exchange)
+        finally:
+            self._log_access(scope, host_header, exchange, started, "GET")
 
     async def _control(
         self, scope: Scope, receive: Receive, send: Send, exchange: Exchange
@@ -140,14 +158,38 @@ class Gateway:
             send, exc, exchange.request_id, head=scope["method"] == "HEAD"
         )
 
+    async def _deny(
+        self, scope: Scope, send: Send, exc: DispatcherError, exchange: Exchange
+    ) -> None:
+        """Refuse a WebSocket handshake with the status and JSON an HTTP request would get."""
+        if exchange.response_started:
+            return
+        if not exchange.request_id:
+            exchange.request_id = self.ids.pick(_header(scope, b"x-request-id"))
+        if "websocket.http.response" in scope.get("extensions", {}):
+            exchange.status = exc.status
+            body = error_body(exc, exchange.request_id)
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": exc.status,
+                    "headers": error_head(exc, exchange.request_id, len(body)),
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": body})
+            exchange.bytes_out += len(body)
+        else:  # the server cannot send a denial response: it answers 403
+            exchange.status = 403
+            await send({"type": "websocket.close", "code": 1008})
+
     def _log_access(
-        self, scope: Scope, host_header: bytes, exchange: Exchange, started: float
+        self, scope: Scope, host_header: bytes, exchange: Exchange, started: float, method: str
     ) -> None:
         client = scope.get("client")
         self._access.info(
             "request",
             request_id=exchange.request_id,
-            method=scope["method"],
+            method=scope.get("method", method),
             host=host_header.decode("latin-1"),
             path=scope["path"],
             status=exchange.status,
