@@ -11,6 +11,7 @@ The only module that wires things together. The gateway is a plain ASGI callable
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -19,18 +20,18 @@ import structlog
 
 from dispatcher.control.app import REQUEST_ID_KEY, create_control_app
 from dispatcher.domains import CustomDomainResolver
-from dispatcher.errors import DispatcherError, NotFound
+from dispatcher.errors import DispatcherError, NotFound, RegistryUnavailable
 from dispatcher.hosts import normalize_host
 from dispatcher.logging import access_logger
 from dispatcher.proxy._h1pool import H1Pool
 from dispatcher.proxy.headers import RequestIds
 from dispatcher.proxy.http import Exchange, Forwarder
-from dispatcher.proxy.websocket import WebSocketForwarder
 from dispatcher.proxy.transport import UpstreamTransport
+from dispatcher.proxy.websocket import WebSocketForwarder
 from dispatcher.responses import error_body, error_head, send_error
 from dispatcher.routing import Route, RoutingTable, resolve_control, resolve_tenant
 from dispatcher.settings import Settings
-from workers_registry.changes import RegistryFollower, RegistrySnapshot
+from workers_registry.changes import PostgresListener, RegistryFollower, RegistrySnapshot
 from workers_registry.store import RegistryStore
 
 __all__ = ["Gateway", "create_app"]
@@ -41,6 +42,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _log = structlog.get_logger("dispatcher")
+
+#: ``/health/detailed`` waits this long for the registry before calling it unavailable.
+_PROBE_TIMEOUT = 1.0
 
 
 class Gateway:
@@ -56,6 +60,7 @@ class Gateway:
         self.store: RegistryStore | None = None
         self.follower: RegistryFollower | None = None
         self.domains: CustomDomainResolver | None = None
+        self.listener: PostgresListener | None = None
         self.control = create_control_app(settings, self)
         self._access = access_logger()
 
@@ -64,6 +69,47 @@ class Gateway:
     @property
     def worker_count(self) -> int:
         return len(self.table.workers)
+
+    async def health_report(self) -> tuple[bool, dict[str, Any]]:
+        """Readiness: a registry probe with a short timeout, snapshot, cache and listener."""
+        checks: dict[str, Any] = {}
+        ok = True
+        if self.store is None or self.follower is None or self.domains is None:
+            return False, {"registry": {"status": "starting"}}
+        started = time.perf_counter()
+        try:
+            version = await asyncio.wait_for(self.store.version(), _PROBE_TIMEOUT)
+        except (RegistryUnavailable, TimeoutError):
+            ok = False
+            checks["registry"] = {"status": "unavailable", "backend": self.store.dialect}
+        else:
+            checks["registry"] = {
+                "status": "ok",
+                "backend": self.store.dialect,
+                "version": version,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            }
+        snapshot = self.follower.snapshot
+        checks["snapshot"] = {
+            "version": snapshot.version,
+            "workers": len(snapshot.workers),
+            "age_seconds": round(snapshot.age, 3),
+            "reloads": self.follower.reloads,
+        }
+        domains = self.domains
+        checks["domain_cache"] = {
+            "size": len(domains),
+            "hits": domains.hits,
+            "misses": domains.misses,
+            "queries": domains.queries,
+            "hit_ratio": round(domains.hit_ratio, 4),
+        }
+        if self.listener is not None:
+            checks["listener"] = {"connected": self.listener.connected}
+            ok = ok and self.listener.connected
+        else:
+            checks["listener"] = {"connected": None, "mechanism": "poll"}
+        return ok, checks
 
     # -- ASGI ---------------------------------------------------------------------------------
 
@@ -240,8 +286,18 @@ class Gateway:
         await self.follower.start()
         if not self.follower.healthy:
             _log.warning("registry_unreachable_at_start")
+        if self.store.dialect == "postgresql":
+            self.listener = PostgresListener(
+                settings.async_database_url,
+                on_notify=self.follower.wake,
+                on_reconnect=self.follower.wake,
+                connect_timeout=settings.connect_timeout,
+            )
+            await self.listener.start()
 
     async def shutdown(self) -> None:
+        if self.listener is not None:
+            await self.listener.aclose()
         if self.follower is not None:
             await self.follower.aclose()
         await self.transport.aclose()

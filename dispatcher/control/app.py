@@ -31,6 +31,8 @@ class ControlState(Protocol):
     @property
     def worker_count(self) -> int: ...
 
+    async def health_report(self) -> tuple[bool, dict[str, Any]]: ...
+
 
 def create_control_app(settings: Settings, state: ControlState) -> Starlette:
     """Build the control-plane app for ``settings``."""
@@ -48,6 +50,14 @@ def create_control_app(settings: Settings, state: ControlState) -> Starlette:
     async def health(request: Request) -> Response:
         # Liveness only: no I/O, so a slow database never fails a liveness probe.
         return JSONResponse({"status": "ok", "service": "dispatcher", "version": __version__})
+
+    async def health_detailed(request: Request) -> Response:
+        ok, checks = await state.health_report()
+        return JSONResponse(
+            {"status": "ok" if ok else "degraded", "checks": checks},
+            status_code=200 if ok else 503,
+            headers={"cache-control": "no-store"},
+        )
 
     async def dispatch_info(request: Request) -> Response:
         base = request.url.path.rstrip("/")
@@ -67,6 +77,7 @@ def create_control_app(settings: Settings, state: ControlState) -> Starlette:
     routes = [
         Route("/", info, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
+        Route("/health/detailed", health_detailed, methods=["GET"]),
         Route("/dispatch", dispatch_info, methods=["GET"]),
         Route("/dispatch/", dispatch_info, methods=["GET"]),
         Route("/api/dispatch", dispatch_info, methods=["GET"]),
