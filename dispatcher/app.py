@@ -70,6 +70,12 @@ class Gateway:
     def worker_count(self) -> int:
         return len(self.table.workers)
 
+    @property
+    def registry(self) -> RegistryStore:
+        if self.store is None:
+            raise RegistryUnavailable("The worker registry is not open yet")
+        return self.store
+
     async def health_report(self) -> tuple[bool, dict[str, Any]]:
         """Readiness: a registry probe with a short timeout, snapshot, cache and listener."""
         checks: dict[str, Any] = {}
@@ -104,6 +110,7 @@ class Gateway:
             "queries": domains.queries,
             "hit_ratio": round(domains.hit_ratio, 4),
         }
+        checks["upstreams"] = {"ejected": self.forwarder.ejected_targets}
         if self.listener is not None:
             checks["listener"] = {"connected": self.listener.connected}
             ok = ok and self.listener.connected

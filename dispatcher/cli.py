@@ -155,6 +155,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         server_header=False,  # the upstream's Server and Date headers pass through
         date_header=False,
         http="httptools",
+        ws="websockets-sansio",  # supports the websocket.http.response denial extension
         loop="uvloop" if _has_uvloop() else "asyncio",
         lifespan="on",
         timeout_graceful_shutdown=10,

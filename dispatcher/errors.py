@@ -27,6 +27,7 @@ boundary each and chained with ``from exc``; their text never reaches a client.
     ├── WorkerOverloaded                 worker_overloaded 503
     └── UpstreamError
         ├── UpstreamUnavailable          upstream_unavailable 502
+        │   └── UpstreamConnectFailed    (nothing was sent: safe to try another target)
         └── UpstreamTimeout              upstream_timeout 504
 """
 
@@ -53,6 +54,7 @@ __all__ = [
     "ReservedWorkerName",
     "RoutingError",
     "Unauthorized",
+    "UpstreamConnectFailed",
     "UpstreamError",
     "UpstreamTimeout",
     "UpstreamUnavailable",
@@ -214,6 +216,12 @@ class UpstreamUnavailable(UpstreamError):
     code = "upstream_unavailable"
     status = 502
     default_message = "The worker's upstream is unavailable"
+
+
+class UpstreamConnectFailed(UpstreamUnavailable):
+    """No connection could be made: not a byte of the request left the dispatcher."""
+
+    default_message = "Could not connect to the worker's upstream"
 
 
 class UpstreamTimeout(UpstreamError):

@@ -46,10 +46,10 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str =
 class ThreadedServer:
     """Serve ``app`` with uvicorn in a thread; use as a context manager."""
 
-    def __init__(self, app: Any, **config: Any) -> None:
+    def __init__(self, app: Any, *, port: int = 0, **config: Any) -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.bind(("127.0.0.1", port))
         self.port: int = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         options: dict[str, Any] = {
@@ -57,6 +57,7 @@ class ThreadedServer:
             "access_log": False,
             "lifespan": "on",
             "http": "httptools",
+            "ws": "websockets-sansio",
             "loop": "asyncio",
             "proxy_headers": False,
             "server_header": False,

@@ -60,7 +60,7 @@ class TenantApp:
         elif path == "/bytes":
             await self._bytes(send, int(query["n"]), chunked="chunked" in query)
         elif path == "/sse":
-            await self._sse(send, query["key"])
+            await self._sse(receive, send, query["key"])
         elif path == "/release":
             self.gates[query["key"]].set()
             await _plain(send, 200, b"released")
@@ -148,7 +148,7 @@ class TenantApp:
         if n == 0:
             await send({"type": "http.response.body", "body": b""})
 
-    async def _sse(self, send: Send, key: str) -> None:
+    async def _sse(self, receive: Receive, send: Send, key: str) -> None:
         await send(
             {
                 "type": "http.response.start",
@@ -160,12 +160,23 @@ class TenantApp:
             }
         )
         await send({"type": "http.response.body", "body": b"data: one\n\n", "more_body": True})
+        gate = asyncio.ensure_future(self.gates[key].wait())
+        gone = asyncio.ensure_future(_disconnected(receive))
         try:
-            await self.gates[key].wait()
+            await asyncio.wait({gate, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if gone.done():
+                return  # the client (the dispatcher) went away
             await send({"type": "http.response.body", "body": b"data: two\n\n", "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            gate.cancel()
+            gone.cancel()
             self.sse_closed[key].set()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _plain(send: Send, status: int, body: bytes) -> None:

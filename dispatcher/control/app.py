@@ -6,18 +6,23 @@ reach this app. Every error is the contract's JSON shape with the gateway's requ
 
 from __future__ import annotations
 
+import json
 from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from dispatcher import __version__
+from dispatcher.control.docs import docs_routes
+from dispatcher.control.openapi import openapi_document
 from dispatcher.errors import DispatcherError, MethodNotAllowed, NotFound
 from dispatcher.responses import error_body
 from dispatcher.settings import Settings
+from workers_registry.admin import admin_routes
+from workers_registry.store import RegistryStore
 
 __all__ = ["REQUEST_ID_KEY", "ControlState", "create_control_app"]
 
@@ -32,6 +37,11 @@ class ControlState(Protocol):
     def worker_count(self) -> int: ...
 
     async def health_report(self) -> tuple[bool, dict[str, Any]]: ...
+
+    @property
+    def registry(self) -> RegistryStore:
+        """The open registry store; raises ``RegistryUnavailable`` before start-up."""
+        ...
 
 
 def create_control_app(settings: Settings, state: ControlState) -> Starlette:
@@ -74,7 +84,12 @@ def create_control_app(settings: Settings, state: ControlState) -> Starlette:
             }
         )
 
-    routes = [
+    spec = json.dumps(openapi_document(), separators=(",", ":")).encode("utf-8")
+
+    async def openapi(request: Request) -> Response:
+        return Response(spec, media_type="application/json")
+
+    routes: list[BaseRoute] = [
         Route("/", info, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/health/detailed", health_detailed, methods=["GET"]),
@@ -82,6 +97,9 @@ def create_control_app(settings: Settings, state: ControlState) -> Starlette:
         Route("/dispatch/", dispatch_info, methods=["GET"]),
         Route("/api/dispatch", dispatch_info, methods=["GET"]),
         Route("/api/dispatch/", dispatch_info, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        *docs_routes(),
+        *admin_routes(settings, lambda: state.registry),
     ]
     return Starlette(
         routes=routes,

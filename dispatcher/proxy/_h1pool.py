@@ -32,7 +32,12 @@ from typing import Final, cast
 
 import httptools
 
-from dispatcher.errors import InvalidRequest, UpstreamTimeout, UpstreamUnavailable
+from dispatcher.errors import (
+    InvalidRequest,
+    UpstreamConnectFailed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from dispatcher.proxy.transport import (
     Headers,
     Origin,
@@ -521,9 +526,9 @@ class H1Pool:
         except TimeoutError as exc:
             if hasattr(conn, "transport"):
                 conn.close(abort=True)  # connected just as the deadline passed
-            raise UpstreamUnavailable("Timed out connecting to the worker's upstream") from exc
+            raise UpstreamConnectFailed("Timed out connecting to the worker's upstream") from exc
         except OSError as exc:
-            raise UpstreamUnavailable("Could not connect to the worker's upstream") from exc
+            raise UpstreamConnectFailed("Could not connect to the worker's upstream") from exc
         return conn
 
     def _checkout(self, origin: Origin) -> _Connection | None:

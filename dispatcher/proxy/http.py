@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from dispatcher.errors import PayloadTooLarge, WorkerOverloaded
+from dispatcher.errors import PayloadTooLarge, UpstreamConnectFailed, WorkerOverloaded
 from dispatcher.proxy.headers import (
     ForwardContext,
     RequestHeaders,
@@ -93,7 +93,8 @@ class Forwarder:
         self, scope: Scope, receive: Receive, send: Send, route: Route, exchange: Exchange
     ) -> None:
         worker = route.worker
-        target = self._selector.pick(worker)
+        targets = self._selector.candidates(worker)
+        target = targets[0]
         exchange.worker = worker.name
         exchange.route = route.kind.value
         exchange.upstream = target.url
@@ -130,7 +131,9 @@ class Forwarder:
             )
         self._inflight[name] = inflight + 1
         try:
-            await self._exchange(scope, receive, send, route, prepared, target, limit, exchange)
+            await self._exchange(scope, receive, send, route, prepared, targets, limit, exchange)
+        except ClientDisconnected:
+            exchange.status = 499  # nobody left to answer; the upstream exchange is closed
         finally:
             left = self._inflight[name] - 1
             if left:
@@ -145,7 +148,7 @@ class Forwarder:
         send: Send,
         route: Route,
         prepared: RequestHeaders,
-        target: Target,
+        targets: list[Target],
         limit: int,
         exchange: Exchange,
     ) -> None:
@@ -156,19 +159,8 @@ class Forwarder:
             body = RequestBody(_read_body(receive, limit, exchange), prepared.content_length)
         else:
             watcher = _DisconnectWatcher(receive)
-        path = target.base_path + route.upstream_path
-        request_target = path + b"?" + route.query if route.query else path
         try:
-            response = await self._transport.request(
-                target.origin,
-                scope["method"].encode("ascii"),
-                request_target,
-                prepared.headers,
-                body,
-                connect_timeout=self._connect_timeout,
-                response_timeout=route.worker.upstream_timeout or self._upstream_timeout,
-                idle_timeout=self._idle_timeout,
-            )
+            response = await self._send_request(scope, route, prepared, targets, body, exchange)
             try:
                 prefix = route.prefix.encode("ascii") if route.kind is RouteKind.PATH else b""
                 headers = filter_response_headers(
@@ -196,6 +188,58 @@ class Forwarder:
         finally:
             if watcher is not None:
                 await watcher.aclose()
+
+    async def _send_request(
+        self,
+        scope: Scope,
+        route: Route,
+        prepared: RequestHeaders,
+        targets: list[Target],
+        body: RequestBody | None,
+        exchange: Exchange,
+    ) -> UpstreamResponse:
+        """Send to the first target that accepts a connection (the next in turn first).
+
+        A target that refuses is ejected for a while; the request moves on to the next one
+        only while nothing of it has been sent (a body is replayable until its first byte).
+        """
+        headers = prepared.headers
+        method = scope["method"].encode("ascii")
+        timeout = route.worker.upstream_timeout or self._upstream_timeout
+        last = len(targets) - 1
+        for attempt, target in enumerate(targets):
+            if attempt:
+                exchange.upstream = target.url
+                if not route.worker.preserve_host:
+                    headers = [
+                        (b"host", target.authority) if name == b"host" else (name, value)
+                        for name, value in headers
+                    ]
+            path = target.base_path + route.upstream_path
+            try:
+                response = await self._transport.request(
+                    target.origin,
+                    method,
+                    path + b"?" + route.query if route.query else path,
+                    headers,
+                    body,
+                    connect_timeout=self._connect_timeout,
+                    response_timeout=timeout,
+                    idle_timeout=self._idle_timeout,
+                )
+            except UpstreamConnectFailed:
+                self._selector.eject(target)
+                if attempt == last or (body is not None and body.sent):
+                    raise
+                continue
+            if attempt or self._selector.has_ejections:
+                self._selector.restore(target)
+            return response
+        raise AssertionError("unreachable: a worker has at least one upstream")
+
+    @property
+    def ejected_targets(self) -> dict[str, float]:
+        return self._selector.ejected()
 
     async def _stream_response(
         self,

@@ -1,20 +1,27 @@
 """Upstream selection: which of a worker's upstream URLs gets the next request.
 
 URLs are parsed once into ``Target`` objects (origin, base path, the ``Host`` to send) and
-cached; workers with several upstreams are served round-robin.
+cached. Workers with several upstreams are served round-robin. Passive health: a target that
+fails to connect is ejected for ``eject_seconds`` and skipped while others are available (if
+every target is ejected they are all tried anyway: better a likely failure than a sure one).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from dispatcher.proxy.transport import Origin
 from workers_registry.models import Worker
 
-__all__ = ["Target", "UpstreamSelector", "parse_target"]
+__all__ = ["EJECT_SECONDS", "Target", "UpstreamSelector", "parse_target"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+#: How long a target that refused a connection is skipped.
+EJECT_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,20 +51,55 @@ def parse_target(url: str) -> Target:
 
 
 class UpstreamSelector:
-    """Round-robin over each worker's upstreams, with parsed targets cached by URL."""
+    """Round-robin over each worker's upstreams, skipping recently failed targets."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        eject_seconds: float = EJECT_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._targets: dict[str, Target] = {}
         self._next: dict[str, int] = {}
+        self._ejected: dict[str, float] = {}  # url -> until
+        self._eject_seconds = eject_seconds
+        self._clock = clock
 
-    def pick(self, worker: Worker) -> Target:
+    def candidates(self, worker: Worker) -> list[Target]:
+        """The targets to try for one request, in order: the next in turn first."""
         urls = worker.upstreams
         if len(urls) == 1:
-            url = urls[0]
-        else:
-            turn = self._next.get(worker.name, 0)
-            self._next[worker.name] = turn + 1
-            url = urls[turn % len(urls)]
+            return [self._target(urls[0])]
+        turn = self._next.get(worker.name, 0)
+        self._next[worker.name] = (turn + 1) % len(urls)
+        ordered = urls[turn:] + urls[:turn]
+        if self._ejected:
+            now = self._clock()
+            healthy = [url for url in ordered if self._ejected.get(url, 0.0) <= now]
+            ordered = healthy or ordered
+        return [self._target(url) for url in ordered]
+
+    @property
+    def has_ejections(self) -> bool:
+        return bool(self._ejected)
+
+    def eject(self, target: Target) -> None:
+        """Skip ``target`` for a while: it could not be connected to."""
+        self._ejected[target.url] = self._clock() + self._eject_seconds
+
+    def restore(self, target: Target) -> None:
+        """``target`` answered: stop skipping it."""
+        self._ejected.pop(target.url, None)
+
+    def ejected(self) -> dict[str, float]:
+        """Currently ejected targets and the seconds until each is tried again."""
+        now = self._clock()
+        expired = [url for url, until in self._ejected.items() if until <= now]
+        for url in expired:
+            del self._ejected[url]
+        return {url: round(until - now, 3) for url, until in self._ejected.items()}
+
+    def _target(self, url: str) -> Target:
         target = self._targets.get(url)
         if target is None:
             if len(self._targets) > 100_000:  # workers come and go; keep the cache bounded

@@ -1,29 +1,374 @@
-"""The WebSocket forwarder (placeholder until it lands: every handshake is refused)."""
+"""The WebSocket forwarder: one routed WebSocket handshake to its worker's upstream, then a relay.
+
+Pure ASGI on the client side; the upstream side is ``websockets``' asyncio client, used as a
+plain transport: no redirects followed, no proxy from the environment, no compression (frames
+are relayed as they are; the server may still compress towards the client on its own hop).
+
+- Handshake: the request headers go through the same policy as HTTP (``prepare_request_headers``:
+  X-Forwarded-*, X-Request-ID, Via and loop detection, X-Dispatch-*), minus the headers the
+  client library writes itself (``Sec-WebSocket-*``, ``Host``, framing). The client's offered
+  subprotocols are offered upstream and the client is accepted with the one the upstream chose,
+  plus the upstream's handshake headers (``Set-Cookie`` and the like) and our ``X-Request-ID``.
+- Refusals: an upstream that answers the handshake with an HTTP status has that status, headers
+  and body passed to the client (ASGI websocket denial response; where the server lacks it, the
+  server answers 403). Refused or timed-out connections raise ``UpstreamUnavailable`` (502) /
+  ``UpstreamTimeout`` (504), answered as JSON by the gateway. A connection that could not be
+  made at all is retried on the worker's next upstream (nothing was sent yet).
+- Relay: text stays text, binary stays binary; backpressure is end to end (each side is read
+  only as fast as the other takes). Either side closing closes the other with the same code and
+  reason. Close codes that cannot be sent on the wire (RFC 6455 section 7.4.1) are mapped:
+
+  ======================================  =========================================
+  the ending side                         what the other side gets
+  ======================================  =========================================
+  client: close frame, code C / reason R  upstream: C / R
+  client: close frame without a code      upstream: 1000
+  client: TCP dropped (1006)              upstream: 1001 "client went away"
+  upstream: close frame, code C / reason  client: C / R
+  upstream: close frame without a code    client: 1000
+  upstream: failed (too big, protocol,    client: the code we closed the upstream with
+  keepalive timeout)                      (1009, 1002, 1011)
+  upstream: TCP dropped                   client: 1011 "upstream connection lost"
+  no message either way for               both: 1001 "idle timeout"
+  ``stream_idle_timeout`` seconds
+  ======================================  =========================================
+
+Limits: one upstream message may be at most ``max_body_bytes`` (the worker's override or the
+setting; a larger one closes both sides with 1009); client messages are bounded by the server
+(uvicorn ``ws_max_size``, 16 MiB by default). The TCP (and TLS) connect is bounded by
+``connect_timeout``; the whole opening handshake by ``upstream_timeout``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import re
+import ssl
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
-from dispatcher.errors import UpstreamUnavailable
-from dispatcher.proxy.headers import RequestIds
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+from websockets.frames import EXTERNAL_CLOSE_CODES
+from websockets.http11 import Response
+from websockets.typing import Subprotocol
+
+from dispatcher.errors import InvalidRequest, UpstreamTimeout, UpstreamUnavailable
+from dispatcher.proxy.headers import (
+    ForwardContext,
+    RequestIds,
+    TrustPolicy,
+    filter_response_headers,
+    prepare_request_headers,
+)
 from dispatcher.proxy.http import Exchange
-from dispatcher.routing import Route
+from dispatcher.proxy.upstreams import Target, UpstreamSelector
+from dispatcher.routing import Route, RouteKind
 from dispatcher.settings import Settings
 
 __all__ = ["WebSocketForwarder"]
 
 Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# Written by the client library itself (or meaningless on a handshake): never copied.
+_HANDSHAKE_HEADERS = frozenset({b"host", b"content-length", b"transfer-encoding"})
+# A request target carries no fragment and only visible ASCII; anything else is escaped.
+_UNSAFE_TARGET = re.compile(rb"[^\x21-\x7e]|#")
+_DENIAL = "websocket.http.response"
+
+
+class _Ending(NamedTuple):
+    """How one side ended: the code and reason to pass to the other side."""
+
+    code: int
+    reason: str
+
+
+class _Dial(connect):
+    """``websockets``' connect with our policy: no redirects, TCP connect bounded on its own."""
+
+    def __init__(self, uri: str, *, connect_timeout: float, **options: Any) -> None:
+        super().__init__(uri, **options)
+        self.connect_timeout = connect_timeout
+        self.connected = False  # once true, bytes may have reached the upstream: no retry
+
+    async def open_tcp_connection(self) -> ClientConnection:
+        async with asyncio.timeout(self.connect_timeout):
+            connection = await super().open_tcp_connection()
+        self.connected = True
+        return connection
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc  # a redirect is the client's business (DESIGN.md, "Forwarding rules")
 
 
 class WebSocketForwarder:
+    """Forwards routed WebSocket sessions (the HTTP forwarder's twin for ``websocket`` scopes)."""
+
     def __init__(self, settings: Settings, ids: RequestIds) -> None:
         self._settings = settings
         self._ids = ids
+        self._trust = TrustPolicy(settings.trusted_networks)
+        self._selector = UpstreamSelector()
+        self._tls: ssl.SSLContext | None = None
 
     async def forward(
         self, scope: Scope, receive: Receive, send: Send, route: Route, exchange: Exchange
     ) -> None:
-        raise UpstreamUnavailable("WebSocket forwarding is not available yet")
+        """Open the upstream session for ``scope`` and relay it until either side closes."""
+        settings, worker = self._settings, route.worker
+        exchange.worker = worker.name
+        exchange.route = route.kind.value
+        targets = self._selector.candidates(worker)
+        client = scope.get("client")
+        context = ForwardContext(
+            peer=client[0] if client else None,
+            scheme="https" if scope.get("scheme") == "wss" else "http",
+            host_header=b"",  # Host goes in the URI (see _dial)
+            worker=worker.name,
+            route_kind=route.kind.value,
+            prefix=route.prefix,
+        )
+        prepared = prepare_request_headers(
+            scope["headers"],
+            context,
+            trust=self._trust,
+            ids=self._ids,
+            via_name=settings.via_name.encode("ascii"),
+            max_hops=settings.max_hops,
+            max_header_bytes=settings.max_header_bytes,
+        )
+        exchange.request_id = prepared.request_id
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in prepared.headers
+            if name not in _HANDSHAKE_HEADERS and not name.startswith(b"sec-websocket-")
+        ]
+        if (await receive())["type"] != "websocket.connect":
+            exchange.status = 499  # the client left before the handshake
+            return
+        path = route.upstream_path + (b"?" + route.query if route.query else b"")
+        for position, target in enumerate(targets):
+            exchange.upstream = target.url
+            host = _client_host(scope) if worker.preserve_host else target.authority
+            dial = self._dial(target, host, target.base_path + path, headers, scope, route)
+            try:
+                upstream = await dial
+            except InvalidStatus as exc:
+                self._selector.restore(target)
+                await self._refuse(scope, send, exc.response, route, exchange)
+                return
+            except Exception as exc:
+                if not dial.connected:
+                    self._selector.eject(target)
+                if dial.connected or position == len(targets) - 1:
+                    raise _upstream_error(exc, dial.connected) from exc
+                continue  # nothing was sent: the next target may take it
+            self._selector.restore(target)
+            break
+        else:
+            raise UpstreamUnavailable("The worker has no upstream")
+        try:
+            await self._accept(send, upstream, exchange)
+            await self._relay(receive, send, upstream, exchange)
+        except BaseException:
+            upstream.transport.abort()
+            raise
+
+    def _dial(
+        self,
+        target: Target,
+        host: bytes,
+        path: bytes,
+        headers: list[tuple[str, str]],
+        scope: Scope,
+        route: Route,
+    ) -> _Dial:
+        settings, worker, origin = self._settings, route.worker, target.origin
+        secure = origin.scheme == "https"
+        resource = _UNSAFE_TARGET.sub(lambda m: b"%%%02X" % m[0][0], path).decode("ascii")
+        tls: dict[str, Any] = {}
+        if secure:
+            self._tls = self._tls or ssl.create_default_context()
+            tls = {"ssl": self._tls, "server_hostname": origin.host}
+        limit = worker.max_body_bytes
+        offered = scope.get("subprotocols") or None
+        try:
+            # The URI names the Host to send; host= and port= say where to connect.
+            return _Dial(
+                f"{'wss' if secure else 'ws'}://{host.decode('latin-1')}{resource}",
+                connect_timeout=settings.connect_timeout,
+                host=origin.host,
+                port=origin.port,
+                additional_headers=headers,
+                user_agent_header=None,  # the client's own User-Agent is in ``headers``
+                subprotocols=[Subprotocol(p) for p in offered] if offered else None,
+                compression=None,
+                proxy=None,
+                open_timeout=worker.upstream_timeout or settings.upstream_timeout,
+                max_size=settings.max_body_bytes if limit is None else limit,
+                **tls,
+            )
+        except (InvalidURI, ValueError) as exc:  # only a preserved client Host can be this bad
+            raise InvalidRequest("The Host header cannot be forwarded") from exc
+
+    async def _refuse(
+        self, scope: Scope, send: Send, response: Response, route: Route, exchange: Exchange
+    ) -> None:
+        """Pass the upstream's refusal (status, headers, body) to the client."""
+        exchange.response_started = True
+        if _DENIAL not in scope.get("extensions", {}):
+            exchange.status = 403  # the server answers a close before accept with 403
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        prefix = route.prefix.encode("ascii") if route.kind is RouteKind.PATH else b""
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.raw_items()]
+        headers = filter_response_headers(raw, exchange.request_id.encode("ascii"), prefix)
+        exchange.status = response.status_code
+        await send(
+            {"type": "websocket.http.response.start", "status": exchange.status, "headers": headers}
+        )
+        body = bytes(response.body)
+        await send({"type": "websocket.http.response.body", "body": body})
+        exchange.bytes_out += len(body)
+
+    async def _accept(self, send: Send, upstream: ClientConnection, exchange: Exchange) -> None:
+        assert upstream.response is not None
+        raw = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in upstream.response.headers.raw_items()
+        ]
+        headers = [
+            (name, value)
+            for name, value in filter_response_headers(raw, exchange.request_id.encode("ascii"))
+            if not name.startswith(b"sec-websocket-")
+        ]
+        await send(
+            {"type": "websocket.accept", "subprotocol": upstream.subprotocol, "headers": headers}
+        )
+        exchange.status = 101
+        exchange.response_started = True
+
+    async def _relay(
+        self, receive: Receive, send: Send, upstream: ClientConnection, exchange: Exchange
+    ) -> None:
+        """Pump both ways until one side ends, then close the other one the same way."""
+        loop = asyncio.get_running_loop()
+        clock = [loop.time()]  # time of the last message, either way
+        inbound = asyncio.create_task(_client_to_upstream(receive, upstream, exchange, clock))
+        outbound = asyncio.create_task(_upstream_to_client(upstream, send, exchange, clock))
+        try:
+            idle = self._settings.stream_idle_timeout
+            while True:
+                left = clock[0] + idle - loop.time()
+                done, _ = await asyncio.wait(
+                    (inbound, outbound), timeout=max(left, 0), return_when=asyncio.FIRST_COMPLETED
+                )
+                if done or left <= 0:
+                    break
+            if not done:
+                ending, closing = _Ending(1001, "idle timeout"), "both"
+            else:
+                first = inbound if inbound in done else outbound
+                result = first.result()
+                if result is None:  # it saw the other side end first: the other one reports how
+                    first = outbound if first is inbound else inbound
+                    result = await first
+                assert result is not None
+                ending, closing = result, "upstream" if first is inbound else "client"
+            for task in (inbound, outbound):
+                await _stop(task)
+            if closing in ("client", "both"):
+                with contextlib.suppress(OSError):  # the client is gone already
+                    await send({"type": "websocket.close", **ending._asdict()})
+            if closing in ("upstream", "both"):
+                await upstream.close(*ending)
+        except Exception:
+            with contextlib.suppress(OSError, RuntimeError):
+                await send({"type": "websocket.close", "code": 1011})
+            raise
+        finally:
+            for task in (inbound, outbound):
+                await _stop(task)
+
+
+async def _client_to_upstream(
+    receive: Receive, upstream: ClientConnection, exchange: Exchange, clock: list[float]
+) -> _Ending | None:
+    """Client messages to the upstream; the client's close, or ``None`` if the upstream ended."""
+    loop = asyncio.get_running_loop()
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            code: int = message.get("code", 1005)
+            if code == 1006:  # the connection dropped without a close frame
+                return _Ending(1001, "client went away")
+            return _Ending(_sendable(code, 1000), message.get("reason") or "")
+        if message["type"] != "websocket.receive":
+            continue
+        text: str | None = message.get("text")
+        data: str | bytes = text if text is not None else message.get("bytes") or b""
+        exchange.bytes_in += len(data) if isinstance(data, bytes) else len(data.encode())
+        clock[0] = loop.time()
+        try:
+            await upstream.send(data)
+        except ConnectionClosed:
+            return None
+
+
+async def _upstream_to_client(
+    upstream: ClientConnection, send: Send, exchange: Exchange, clock: list[float]
+) -> _Ending | None:
+    """Upstream messages to the client; the upstream's close, or ``None`` if the client left."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            data = await upstream.recv()
+        except ConnectionClosed as exc:
+            if exc.rcvd is not None:
+                return _Ending(_sendable(exc.rcvd.code, 1000), exc.rcvd.reason)
+            if exc.sent is not None:  # we failed the connection (message too big, ...)
+                return _Ending(_sendable(exc.sent.code, 1011), exc.sent.reason)
+            return _Ending(1011, "upstream connection lost")
+        clock[0] = loop.time()
+        if isinstance(data, str):
+            exchange.bytes_out += len(data.encode())
+            message: Message = {"type": "websocket.send", "text": data}
+        else:
+            exchange.bytes_out += len(data)
+            message = {"type": "websocket.send", "bytes": data}
+        try:
+            await send(message)
+        except OSError:  # uvicorn's ClientDisconnected
+            return None
+
+
+def _sendable(code: int, fallback: int) -> int:
+    """``code`` if it may appear in a close frame (RFC 6455 section 7.4), else ``fallback``."""
+    return code if code in EXTERNAL_CLOSE_CODES or 3000 <= code < 5000 else fallback
+
+
+def _upstream_error(exc: Exception, connected: bool) -> UpstreamUnavailable | UpstreamTimeout:
+    """The one boundary where the client library's failures become ours."""
+    if isinstance(exc, TimeoutError) and connected:
+        return UpstreamTimeout("The worker's upstream did not accept the WebSocket in time")
+    return UpstreamUnavailable()
+
+
+async def _stop(task: asyncio.Task[_Ending | None]) -> None:
+    if not task.done():
+        task.cancel()
+        await asyncio.wait((task,))
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as lost
+
+
+def _client_host(scope: Scope) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"host":
+            return bytes(value)
+    return b""
