@@ -17,21 +17,37 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import structlog
+from structlog.contextvars import bind_contextvars
 
 from dispatcher.control.app import REQUEST_ID_KEY, create_control_app
 from dispatcher.domains import CustomDomainResolver
-from dispatcher.errors import DispatcherError, NotFound, RegistryUnavailable
+from dispatcher.errors import (
+    DispatcherError,
+    NotFound,
+    RegistryUnavailable,
+    UpstreamConnectFailed,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from dispatcher.hosts import normalize_host
 from dispatcher.logging import access_logger
+from dispatcher.metrics import Metrics, StateReading
 from dispatcher.proxy._h1pool import H1Pool
 from dispatcher.proxy.headers import RequestIds
 from dispatcher.proxy.http import Exchange, Forwarder
 from dispatcher.proxy.transport import UpstreamTransport
 from dispatcher.proxy.websocket import WebSocketForwarder
 from dispatcher.responses import error_body, error_head, send_error
-from dispatcher.routing import Route, RoutingTable, resolve_control, resolve_tenant
+from dispatcher.routing import (
+    UNAVAILABLE,
+    Route,
+    RoutingTable,
+    resolve_control,
+    resolve_tenant,
+)
 from dispatcher.settings import Settings
 from workers_registry.changes import PostgresListener, RegistryFollower, RegistrySnapshot
+from workers_registry.models import CustomDomain
 from workers_registry.store import RegistryStore
 
 __all__ = ["Gateway", "create_app"]
@@ -61,6 +77,7 @@ class Gateway:
         self.follower: RegistryFollower | None = None
         self.domains: CustomDomainResolver | None = None
         self.listener: PostgresListener | None = None
+        self.metrics = Metrics(self._state_reading, per_worker=settings.metrics_per_worker)
         self.control = create_control_app(settings, self)
         self._access = access_logger()
 
@@ -75,6 +92,42 @@ class Gateway:
         if self.store is None:
             raise RegistryUnavailable("The worker registry is not open yet")
         return self.store
+
+    async def may_issue_certificate(self, domain: str) -> bool:
+        """May Caddy get a certificate for ``domain``? (``/tls/ask``, from the routing cache)."""
+        try:
+            host = normalize_host(domain)
+        except DispatcherError:
+            return False
+        table = self.table
+        if table.is_control_host(host) or self.domains is None:
+            return False
+        cached = self.domains.cached(host)
+        answer = await self.domains.resolve(host) if cached is False else cached
+        if isinstance(answer, CustomDomain):
+            if answer.routable:
+                return True
+        elif answer is UNAVAILABLE and table.subdomain_label(host) is None:
+            raise RegistryUnavailable("The worker registry is unavailable; ask again shortly")
+        label = table.subdomain_label(host)
+        if label is None or label in table.reserved:
+            return False
+        worker = table.workers.get(label)
+        return worker is not None and worker.enabled
+
+    def metrics_text(self) -> bytes:
+        return self.metrics.render()
+
+    def _state_reading(self) -> StateReading:
+        domains, follower = self.domains, self.follower
+        return StateReading(
+            cache_hits=domains.hits if domains else 0,
+            cache_misses=domains.misses if domains else 0,
+            cache_size=len(domains) if domains else 0,
+            registry_reloads=follower.reloads if follower else 0,
+            registry_version=follower.snapshot.version if follower else -1,
+            workers=len(self.table.workers),
+        )
 
     async def health_report(self) -> tuple[bool, dict[str, Any]]:
         """Readiness: a registry probe with a short timeout, snapshot, cache and listener."""
@@ -147,6 +200,7 @@ class Gateway:
         started = time.perf_counter()
         exchange = Exchange()
         host_header = _header(scope, b"host") or b""
+        self.metrics.in_flight.inc()
         try:
             route = await self._route(scope, host_header, scope["method"])
             if route is None:
@@ -159,6 +213,7 @@ class Gateway:
             _log.exception("unhandled_error", request_id=exchange.request_id)
             await self._fail(scope, send, DispatcherError(), exchange)
         finally:
+            self.metrics.in_flight.dec()
             self._log_access(scope, host_header, exchange, started, "GET")
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -182,6 +237,7 @@ class Gateway:
         self, scope: Scope, receive: Receive, send: Send, exchange: Exchange
     ) -> None:
         exchange.request_id = self.ids.pick(_header(scope, b"x-request-id"))
+        bind_contextvars(request_id=exchange.request_id)
         exchange.route = "control"
         scope[REQUEST_ID_KEY] = exchange.request_id
         rid = exchange.request_id.encode("ascii")
@@ -207,6 +263,14 @@ class Gateway:
         if not exchange.request_id:
             exchange.request_id = self.ids.pick(_header(scope, b"x-request-id"))
         exchange.status = exc.status
+        if isinstance(exc, UpstreamError):
+            self.metrics.upstream_error(
+                "timeout"
+                if isinstance(exc, UpstreamTimeout)
+                else "connect"
+                if isinstance(exc, UpstreamConnectFailed)
+                else "unavailable"
+            )
         exchange.bytes_out += await send_error(
             send, exc, exchange.request_id, head=scope["method"] == "HEAD"
         )
@@ -238,6 +302,12 @@ class Gateway:
     def _log_access(
         self, scope: Scope, host_header: bytes, exchange: Exchange, started: float, method: str
     ) -> None:
+        duration = time.perf_counter() - started
+        if exchange.upstream_error:
+            self.metrics.upstream_error(exchange.upstream_error)
+        self.metrics.observe(
+            exchange.route or "none", exchange.status or 500, duration, exchange.worker
+        )
         client = scope.get("client")
         self._access.info(
             "request",
@@ -246,7 +316,7 @@ class Gateway:
             host=host_header.decode("latin-1"),
             path=scope["path"],
             status=exchange.status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            duration_ms=round(duration * 1000, 3),
             route=exchange.route or None,
             worker=exchange.worker or None,
             upstream=exchange.upstream or None,

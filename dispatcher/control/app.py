@@ -18,7 +18,14 @@ from starlette.routing import BaseRoute, Route
 from dispatcher import __version__
 from dispatcher.control.docs import docs_routes
 from dispatcher.control.openapi import openapi_document
-from dispatcher.errors import DispatcherError, MethodNotAllowed, NotFound
+from dispatcher.errors import (
+    DispatcherError,
+    DomainNotFound,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+)
+from dispatcher.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from dispatcher.responses import error_body
 from dispatcher.settings import Settings
 from workers_registry.admin import admin_routes
@@ -37,6 +44,10 @@ class ControlState(Protocol):
     def worker_count(self) -> int: ...
 
     async def health_report(self) -> tuple[bool, dict[str, Any]]: ...
+
+    async def may_issue_certificate(self, domain: str) -> bool: ...
+
+    def metrics_text(self) -> bytes: ...
 
     @property
     def registry(self) -> RegistryStore:
@@ -84,6 +95,21 @@ def create_control_app(settings: Settings, state: ControlState) -> Starlette:
             }
         )
 
+    async def tls_ask(request: Request) -> Response:
+        # Caddy's on-demand TLS asks here before getting a certificate: 200 means yes.
+        domain = request.query_params.get("domain", "").strip()
+        if not domain:
+            raise InvalidRequest(
+                "Name the domain: /tls/ask?domain=<host>",
+                details=[{"field": "domain", "message": "required"}],
+            )
+        if await state.may_issue_certificate(domain):
+            return JSONResponse({"domain": domain, "allowed": True})
+        raise DomainNotFound(f"No certificate may be issued for '{domain[:253]}'")
+
+    async def metrics(request: Request) -> Response:
+        return Response(state.metrics_text(), media_type=METRICS_CONTENT_TYPE)
+
     spec = json.dumps(openapi_document(), separators=(",", ":")).encode("utf-8")
 
     async def openapi(request: Request) -> Response:
@@ -97,6 +123,8 @@ def create_control_app(settings: Settings, state: ControlState) -> Starlette:
         Route("/dispatch/", dispatch_info, methods=["GET"]),
         Route("/api/dispatch", dispatch_info, methods=["GET"]),
         Route("/api/dispatch/", dispatch_info, methods=["GET"]),
+        Route("/tls/ask", tls_ask, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         *docs_routes(),
         *admin_routes(settings, lambda: state.registry),

@@ -442,9 +442,7 @@ def _admin_paths() -> dict[str, Any]:
                     "201": _json("The stored custom domain", "CustomDomain"),
                     **_errors("InvalidRequest", "Conflict"),
                 },
-                body=_body(
-                    "CustomDomainCreate", "The domain and its worker (which must exist)"
-                ),
+                body=_body("CustomDomainCreate", "The domain and its worker (which must exist)"),
             ),
         },
         "/admin/domains/{domain}": {

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from structlog.contextvars import bind_contextvars
 
 from dispatcher.errors import PayloadTooLarge, UpstreamConnectFailed, WorkerOverloaded
 from dispatcher.proxy.headers import (
@@ -68,6 +69,7 @@ class Exchange:
     bytes_in: int = 0
     bytes_out: int = 0
     response_started: bool = False
+    upstream_error: str = ""  # set when the upstream failed after the response started
     body_done: bool = True  # the client's request body has been read to the end
 
 
@@ -117,6 +119,8 @@ class Forwarder:
             max_header_bytes=self._max_header_bytes,
         )
         exchange.request_id = prepared.request_id
+        # Every log line emitted while handling this request (ours, uvicorn's) carries the id.
+        bind_contextvars(request_id=prepared.request_id)
         limit = worker.max_body_bytes
         limit = self._max_body_bytes if limit is None else limit
         if prepared.content_length is not None and prepared.content_length > limit:
@@ -253,6 +257,7 @@ class Forwarder:
                 exchange.bytes_out += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamBodyError:
+            exchange.upstream_error = "body"
             # Headers are out: the only honest signal left is to close the connection, which
             # the server does when we return without finishing the body.
             _log.warning(

@@ -18,20 +18,17 @@ are relayed as they are; the server may still compress towards the client on its
   only as fast as the other takes). Either side closing closes the other with the same code and
   reason. Close codes that cannot be sent on the wire (RFC 6455 section 7.4.1) are mapped:
 
-  ======================================  =========================================
-  the ending side                         what the other side gets
-  ======================================  =========================================
-  client: close frame, code C / reason R  upstream: C / R
-  client: close frame without a code      upstream: 1000
-  client: TCP dropped (1006)              upstream: 1001 "client went away"
-  upstream: close frame, code C / reason  client: C / R
-  upstream: close frame without a code    client: 1000
-  upstream: failed (too big, protocol,    client: the code we closed the upstream with
-  keepalive timeout)                      (1009, 1002, 1011)
-  upstream: TCP dropped                   client: 1011 "upstream connection lost"
-  no message either way for               both: 1001 "idle timeout"
-  ``stream_idle_timeout`` seconds
-  ======================================  =========================================
+      client closes with code C, reason R     -> upstream closed with C, R
+      client closes without a code (1005)     -> upstream closed with 1000 (uvicorn reports a
+                                                 client lost after the handshake as 1005 too)
+      client connection lost (1006)           -> upstream closed with 1001 "client went away"
+      upstream closes with code C, reason R   -> client closed with C, R
+      upstream closes without a code          -> client closed with 1000
+      upstream failed by us (message too big, -> client closed with the code we sent
+        protocol error, keepalive timeout)       (1009, 1002, 1011)
+      upstream connection lost                -> client closed with 1011 "upstream connection lost"
+      no message either way for               -> both closed with 1001 "idle timeout"
+        ``stream_idle_timeout`` seconds
 
 Limits: one upstream message may be at most ``max_body_bytes`` (the worker's override or the
 setting; a larger one closes both sides with 1009); client messages are bounded by the server
