@@ -158,6 +158,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         ws="websockets-sansio",  # supports the websocket.http.response denial extension
         loop="uvloop" if _has_uvloop() else "asyncio",
         lifespan="on",
+        # Longer than the keep-alive of the proxy in front (Caddy: 60 s), so the proxy always
+        # closes an idle connection first and never reuses one we are closing.
+        timeout_keep_alive=round(settings.keepalive_timeout),
         timeout_graceful_shutdown=10,
     )
     return 0

@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     metrics_per_worker: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+    keepalive_timeout: float = Field(75.0, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
 
