@@ -295,6 +295,9 @@ class Gateway:
             )
             await send({"type": "websocket.http.response.body", "body": body})
             exchange.bytes_out += len(body)
+            # uvicorn's sansio WebSocket server marks the denial complete one loop turn later;
+            # returning at once makes it log a false "returned without completing handshake".
+            await asyncio.sleep(0)
         else:  # the server cannot send a denial response: it answers 403
             exchange.status = 403
             await send({"type": "websocket.close", "code": 1008})

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -106,13 +107,16 @@ class DispatcherProcess:
         self._cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.output = b""
+        # A file, not a pipe: nobody reads a pipe while the test runs, and a full pipe would
+        # block the dispatcher's event loop on its next log line.
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in __exit__)
 
     def __enter__(self) -> DispatcherProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dispatcher", "serve", *self._args],
             env=self._env,
             cwd=self._cwd,
-            stdout=subprocess.PIPE,
+            stdout=self._log,
             stderr=subprocess.STDOUT,
         )
         wait_until(self._healthy, timeout=30, what="dispatcher /health")
@@ -121,7 +125,8 @@ class DispatcherProcess:
     def _healthy(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            out = self.proc.stdout.read() if self.proc.stdout else b""
+            self._log.seek(0)
+            out = self._log.read()
             raise RuntimeError(f"dispatcher exited: {out.decode(errors='replace')}")
         with contextlib.suppress(httpx.HTTPError):
             return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
@@ -140,11 +145,13 @@ class DispatcherProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         try:
-            out, _ = self.proc.communicate(timeout=15)
+            self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, _ = self.proc.communicate()
-        self.output = out
+            self.proc.wait()
+        self._log.seek(0)
+        self.output = self._log.read()
+        self._log.close()
 
 
 @contextlib.contextmanager
