@@ -1,22 +1,19 @@
 """The WebSocket forwarder: one routed WebSocket handshake to its worker's upstream, then a relay.
 
-Pure ASGI on the client side; the upstream side is ``websockets``' asyncio client, used as a
-plain transport: no redirects followed, no proxy from the environment, no compression (frames
-are relayed as they are; the server may still compress towards the client on its own hop).
+The client side is pure ASGI; the upstream side is ``websockets``' asyncio client used as a plain
+transport: no redirects followed, no proxy from the environment, no compression (frames are relayed
+as they are; the server may still compress towards the client on its own hop).
 
-- Handshake: the request headers go through the same policy as HTTP (``prepare_request_headers``:
-  X-Forwarded-*, X-Request-ID, Via and loop detection, X-Dispatch-*), minus the headers the
-  client library writes itself (``Sec-WebSocket-*``, ``Host``, framing). The client's offered
-  subprotocols are offered upstream and the client is accepted with the one the upstream chose,
-  plus the upstream's handshake headers (``Set-Cookie`` and the like) and our ``X-Request-ID``.
-- Refusals: an upstream that answers the handshake with an HTTP status has that status, headers
-  and body passed to the client (ASGI websocket denial response; where the server lacks it, the
-  server answers 403). Refused or timed-out connections raise ``UpstreamUnavailable`` (502) /
-  ``UpstreamTimeout`` (504), answered as JSON by the gateway. A connection that could not be
-  made at all is retried on the worker's next upstream (nothing was sent yet).
-- Relay: text stays text, binary stays binary; backpressure is end to end (each side is read
-  only as fast as the other takes). Either side closing closes the other with the same code and
-  reason. Close codes that cannot be sent on the wire (RFC 6455 section 7.4.1) are mapped:
+- Handshake: request headers follow the HTTP policy (``prepare_request_headers``), minus those the
+  client library writes itself (``Host``, ``Sec-WebSocket-*``). The client's subprotocols are
+  offered upstream and the client is accepted with the upstream's choice, plus the upstream's
+  handshake headers (``Set-Cookie`` ...) and our ``X-Request-ID``.
+- Refusals: an upstream's HTTP answer to the handshake (status, headers, body) passes through the
+  ASGI denial response (a server without it answers 403). Refused or timed-out connections raise
+  ``UpstreamUnavailable`` (502) / ``UpstreamTimeout`` (504); a connection that could not be made
+  at all is retried on the worker's next upstream (nothing was sent yet).
+- Relay: text stays text, binary stays binary, backpressure is end to end. Either side closing
+  closes the other; codes that cannot go on the wire (RFC 6455 section 7.4.1) are mapped:
 
       client closes with code C, reason R     -> upstream closed with C, R
       client closes without a code (1005)     -> upstream closed with 1000 (uvicorn reports a
@@ -24,16 +21,16 @@ are relayed as they are; the server may still compress towards the client on its
       client connection lost (1006)           -> upstream closed with 1001 "client went away"
       upstream closes with code C, reason R   -> client closed with C, R
       upstream closes without a code          -> client closed with 1000
-      upstream failed by us (message too big, -> client closed with the code we sent
-        protocol error, keepalive timeout)       (1009, 1002, 1011)
+      we failed the upstream (message too     -> client closed with the code we sent
+        big, protocol error, ping timeout)       (1009, 1002, 1011)
       upstream connection lost                -> client closed with 1011 "upstream connection lost"
       no message either way for               -> both closed with 1001 "idle timeout"
         ``stream_idle_timeout`` seconds
 
-Limits: one upstream message may be at most ``max_body_bytes`` (the worker's override or the
-setting; a larger one closes both sides with 1009); client messages are bounded by the server
-(uvicorn ``ws_max_size``, 16 MiB by default). The TCP (and TLS) connect is bounded by
-``connect_timeout``; the whole opening handshake by ``upstream_timeout``.
+Limits: an upstream message may be at most ``max_body_bytes`` (the worker's or the setting; larger
+closes both sides with 1009); client messages are bounded by uvicorn's ``ws_max_size`` (16 MiB).
+The TCP and TLS connect is bounded by ``connect_timeout``, the whole handshake by
+``upstream_timeout``.
 """
 
 from __future__ import annotations
@@ -46,6 +43,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, NamedTuple
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 from websockets.frames import EXTERNAL_CLOSE_CODES
 from websockets.http11 import Response
@@ -223,8 +221,8 @@ class WebSocketForwarder:
             await send({"type": "websocket.close", "code": 1008})
             return
         prefix = route.prefix.encode("ascii") if route.kind is RouteKind.PATH else b""
-        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.raw_items()]
-        headers = filter_response_headers(raw, exchange.request_id.encode("ascii"), prefix)
+        rid = exchange.request_id.encode("ascii")
+        headers = filter_response_headers(_raw(response.headers), rid, prefix)
         exchange.status = response.status_code
         await send(
             {"type": "websocket.http.response.start", "status": exchange.status, "headers": headers}
@@ -232,17 +230,17 @@ class WebSocketForwarder:
         body = bytes(response.body)
         await send({"type": "websocket.http.response.body", "body": body})
         exchange.bytes_out += len(body)
+        # uvicorn (0.54, websockets-sansio) logs "returned without completing handshake" after a
+        # denial unless its connection_lost, scheduled by the send, has run before we return.
+        await asyncio.sleep(0)
 
     async def _accept(self, send: Send, upstream: ClientConnection, exchange: Exchange) -> None:
         assert upstream.response is not None
-        raw = [
-            (k.encode("latin-1"), v.encode("latin-1"))
-            for k, v in upstream.response.headers.raw_items()
-        ]
+        rid = exchange.request_id.encode("ascii")
         headers = [
             (name, value)
-            for name, value in filter_response_headers(raw, exchange.request_id.encode("ascii"))
-            if not name.startswith(b"sec-websocket-")
+            for name, value in filter_response_headers(_raw(upstream.response.headers), rid)
+            if not name.startswith(b"sec-websocket-")  # the server writes its own
         ]
         await send(
             {"type": "websocket.accept", "subprotocol": upstream.subprotocol, "headers": headers}
@@ -267,22 +265,22 @@ class WebSocketForwarder:
                 )
                 if done or left <= 0:
                     break
-            if not done:
-                ending, closing = _Ending(1001, "idle timeout"), "both"
-            else:
+            if done:
                 first = inbound if inbound in done else outbound
-                result = first.result()
-                if result is None:  # it saw the other side end first: the other one reports how
+                ending = first.result()
+                if ending is None:  # it saw the other side end first: that one tells how
                     first = outbound if first is inbound else inbound
-                    result = await first
-                assert result is not None
-                ending, closing = result, "upstream" if first is inbound else "client"
+                    ending = await first
+                assert ending is not None
+                to_client, to_upstream = first is outbound, first is inbound
+            else:
+                ending, to_client, to_upstream = _Ending(1001, "idle timeout"), True, True
             for task in (inbound, outbound):
                 await _stop(task)
-            if closing in ("client", "both"):
+            if to_client:
                 with contextlib.suppress(OSError):  # the client is gone already
                     await send({"type": "websocket.close", **ending._asdict()})
-            if closing in ("upstream", "both"):
+            if to_upstream:
                 await upstream.close(*ending)
         except Exception:
             with contextlib.suppress(OSError, RuntimeError):
@@ -362,6 +360,10 @@ async def _stop(task: asyncio.Task[_Ending | None]) -> None:
         await asyncio.wait((task,))
     if not task.cancelled():
         task.exception()  # retrieved, so asyncio does not log it as lost
+
+
+def _raw(headers: Headers) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.raw_items()]
 
 
 def _client_host(scope: Scope) -> bytes:
