@@ -9,7 +9,8 @@ Pure ASGI so every byte is under the test's control:
   ``GET /release?key=K``, then the stream ends;
 - ``GET /redirect?to=L``: 302 with ``Location: L`` and a cookie;
 - ``GET /status?code=C``: that status with a small text body;
-- ``GET /hop``: a response carrying hop-by-hop headers and its own X-Request-ID.
+- ``GET /hop``: a response carrying hop-by-hop headers and its own X-Request-ID;
+- any WebSocket: accepted, every text message echoed back as ``<name>:<text>``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class TenantApp:
                 else:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+        if scope["type"] == "websocket":
+            await self._websocket(receive, send)
+            return
         if scope["type"] != "http":
             return
         path: str = scope["path"]
@@ -97,6 +101,19 @@ class TenantApp:
             await send({"type": "http.response.body", "body": b"ok"})
         else:
             await _plain(send, 404, b"tenant has no such page")
+
+    async def _websocket(self, receive: Receive, send: Send) -> None:
+        """Echo every message (prefixed with the tenant's name) until the client closes."""
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") is not None:
+                await send({"type": "websocket.send", "text": f"{self.name}:{message['text']}"})
+            else:
+                await send({"type": "websocket.send", "bytes": message.get("bytes") or b""})
 
     async def _echo(self, scope: Scope, receive: Receive, send: Send) -> None:
         digest = hashlib.sha256()

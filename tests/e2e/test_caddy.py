@@ -12,12 +12,15 @@ import contextlib
 import json
 import os
 import shutil
+import ssl
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from websockets.asyncio.client import connect
 
 from dispatcher.app import create_app
 from dispatcher.settings import Settings
@@ -167,3 +170,19 @@ def test_existing_worker_subdomain_gets_a_certificate(edge: Edge) -> None:
     )  # fmt: skip
     assert answer.returncode == 0, answer.stderr
     assert answer.stdout == "hello from edge\n"
+
+
+def test_websocket_passes_through_caddy_and_the_dispatcher(edge: Edge) -> None:
+    async def talk(uri: str, port: int, **options: Any) -> str:
+        async with connect(uri, host="127.0.0.1", port=port, open_timeout=20, **options) as ws:
+            await ws.send("ping")
+            return str(await ws.recv())
+
+    plain = asyncio.run(talk(f"ws://shop.example.com:{edge.http_port}/ws", edge.http_port))
+    assert plain == "edge:ping"
+    wait_until(edge.root_ca.exists, timeout=30, what="Caddy's internal CA")
+    context = ssl.create_default_context(cafile=str(edge.root_ca))
+    secure = asyncio.run(
+        talk(f"wss://shop.example.org:{edge.https_port}/ws", edge.https_port, ssl=context)
+    )
+    assert secure == "edge:ping"
