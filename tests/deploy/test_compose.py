@@ -76,12 +76,14 @@ def test_replicas_trust_forwarding_headers_from_caddys_network_only(
     assert caddy_ip.startswith(network.rsplit(".", 1)[0] + ".")
 
 
-def test_no_secrets_in_the_compose_file() -> None:
+def test_no_secrets_in_the_compose_file(tmp_path: Path) -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     for key in ("POSTGRES_PASSWORD", "DISPATCHER_ADMIN_TOKEN", "CADDY_DNS_API_TOKEN"):
         for match in re.finditer(rf"^\s*{key}:\s*(\S+)", text, re.MULTILINE):
             assert match.group(1).startswith("${"), f"{key} has a literal value"
     # Without the operator's .env, the required secrets make the file refuse to render.
     # (The pip-packaged client exits 0 even then, so the message is what is checked.)
-    result = compose("--env-file", "/dev/null", "config")
+    env = tmp_path / "env"
+    env.write_text("BASE_DOMAIN=example.com\n")
+    result = compose("--env-file", str(env), "config")
     assert "required variable POSTGRES_PASSWORD is missing a value" in result.stderr
