@@ -41,7 +41,10 @@ class DomainStatus(StrEnum):
 #: Only these statuses route traffic.
 ROUTABLE_STATUSES = frozenset({DomainStatus.VERIFIED, DomainStatus.ACTIVE})
 
-PositiveInt = Annotated[int, Field(ge=1)]
+# The registry's columns: INTEGER and BIGINT on both databases; text without NUL characters.
+PositiveInt = Annotated[int, Field(ge=1, le=2**31 - 1)]
+ByteCount = Annotated[int, Field(ge=0, le=2**63 - 1)]
+Text = Annotated[str, Field(pattern=r"^[^\x00]*$", max_length=1024)]
 
 
 def check_upstream_url(url: str) -> str:
@@ -50,6 +53,8 @@ def check_upstream_url(url: str) -> str:
     Accepts ``http`` and ``https`` URLs with a host, an optional port and an optional base path;
     rejects credentials, queries and fragments.
     """
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in url):
+        raise ValueError(f"{url!r}: control characters are not allowed in a URL")
     try:
         parts = urlsplit(url.strip())
         port = parts.port
@@ -93,10 +98,10 @@ class WorkerSpec(BaseModel):
     upstreams: list[str] = Field(min_length=1, max_length=64)
     enabled: bool = True
     preserve_host: bool = False
-    max_body_bytes: Annotated[int, Field(ge=0)] | None = None
+    max_body_bytes: ByteCount | None = None
     upstream_timeout: Annotated[float, Field(gt=0, le=86_400)] | None = None
     max_concurrency: PositiveInt | None = None
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: dict[Text, Text] = Field(default_factory=dict, max_length=64)
 
     @field_validator("upstreams")
     @classmethod
