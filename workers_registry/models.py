@@ -44,7 +44,7 @@ ROUTABLE_STATUSES = frozenset({DomainStatus.VERIFIED, DomainStatus.ACTIVE})
 # The registry's columns: INTEGER and BIGINT on both databases; text without NUL characters.
 PositiveInt = Annotated[int, Field(ge=1, le=2**31 - 1)]
 ByteCount = Annotated[int, Field(ge=0, le=2**63 - 1)]
-Text = Annotated[str, Field(pattern=r"^[^\x00]*$", max_length=1024)]
+Text = Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f]*$", max_length=1024)]
 
 
 def check_upstream_url(url: str) -> str:
@@ -53,7 +53,7 @@ def check_upstream_url(url: str) -> str:
     Accepts ``http`` and ``https`` URLs with a host, an optional port and an optional base path;
     rejects credentials, queries and fragments.
     """
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in url):
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in url.strip()):
         raise ValueError(f"{url!r}: control characters are not allowed in a URL")
     try:
         parts = urlsplit(url.strip())

@@ -134,6 +134,7 @@ def create_control_app(settings: Settings, state: ControlState) -> Starlette:
         exception_handlers={
             HTTPException: _http_exception,
             DispatcherError: _dispatcher_error,
+            Exception: _internal_error,
         },
     )
 
@@ -154,6 +155,12 @@ def error_response(exc: DispatcherError, request: Request) -> Response:
 
 async def _dispatcher_error(request: Request, exc: Any) -> Response:
     return error_response(exc, request)
+
+
+async def _internal_error(request: Request, exc: Any) -> Response:
+    # Starlette re-raises after this response, so the gateway still logs the exception;
+    # the client gets the contract's JSON, never the exception text.
+    return error_response(DispatcherError(), request)
 
 
 async def _http_exception(request: Request, exc: Any) -> Response:

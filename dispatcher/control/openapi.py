@@ -27,6 +27,7 @@ from dispatcher.control.schemas import (
     Health,
     HealthDetailed,
     ServiceInfo,
+    TlsPermission,
 )
 from workers_registry.admin import DomainList, WorkerList
 from workers_registry.models import (
@@ -44,13 +45,17 @@ OPENAPI_VERSION: Final = "3.1.0"
 #: RFC 1123 label syntax, either case (names are compared lowercased).
 WORKER_NAME_PATTERN: Final = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
 
-_UPSTREAM_PATTERN: Final = r"^https?://"
+_UPSTREAM_PATTERN: Final = (
+    r"^https?://[A-Za-z0-9](?:[A-Za-z0-9.-]{0,40}[A-Za-z0-9])?(?::[1-9][0-9]{0,3})?"
+    r"(?:/[A-Za-z0-9._~-]*)*$"
+)
 
 _MODELS: Final[list[tuple[type[BaseModel], JsonSchemaMode]]] = [
     (ServiceInfo, "serialization"),
     (Health, "serialization"),
     (HealthDetailed, "serialization"),
     (DispatchInfo, "serialization"),
+    (TlsPermission, "serialization"),
     (ErrorBody, "serialization"),
     (WorkerCreate, "validation"),
     (CustomDomainCreate, "validation"),
@@ -113,6 +118,7 @@ def _components() -> dict[str, Any]:
         _describe_worker_fields(schemas[name])
     for name in ("CustomDomainCreate", "CustomDomain"):
         schemas[name]["properties"]["worker"].update(_worker_name_schema())
+        schemas[name]["properties"]["domain"].update(_domain_schema())
     patch_worker = schemas["CustomDomainPatch"]["properties"]["worker"]["anyOf"][0]
     patch_worker.update(_worker_name_schema())
     schemas["WorkerReplace"] = _worker_replace(schemas["WorkerCreate"])
@@ -141,8 +147,18 @@ def _components() -> dict[str, Any]:
 def _worker_name_schema() -> dict[str, Any]:
     return {
         "pattern": WORKER_NAME_PATTERN,
+        "examples": ["shop"],
         "description": "Worker name: 1-63 characters a-z, 0-9 and '-', not starting or ending "
         "with '-', compared lowercased; reserved names are refused.",
+    }
+
+
+def _domain_schema() -> dict[str, Any]:
+    return {
+        "format": "hostname",
+        "examples": ["shop.example.org"],
+        "description": "Fully qualified domain name; stored lowercased in IDNA ASCII form "
+        "(Unicode input is converted).",
     }
 
 
@@ -256,7 +272,10 @@ def _control_paths() -> dict[str, Any]:
         "/tls/ask": _get(
             "tlsAsk",
             "May a certificate be issued for this host? (Caddy on-demand TLS)",
-            {"description": "Yes: an active or verified custom domain, or `<worker>.<base>`."},
+            _json(
+                "Yes: an active or verified custom domain, or `<worker>.<base>`.",
+                "TlsPermission",
+            ),
             {
                 "400": {"$ref": "#/components/responses/InvalidRequest"},
                 "404": _error_response("No certificate for this host.", "domain_not_found"),
@@ -359,14 +378,14 @@ def _admin_paths() -> dict[str, Any]:
         "in": "path",
         "required": True,
         "description": "Worker name (a reserved or malformed name answers 400).",
-        "schema": {"type": "string", "pattern": WORKER_NAME_PATTERN},
+        "schema": {"type": "string", **_worker_name_schema()},
     }
     domain = {
         "name": "domain",
         "in": "path",
         "required": True,
         "description": "Custom domain (case-insensitive; IDNA or Unicode).",
-        "schema": {"type": "string", "minLength": 1},
+        "schema": {"type": "string", "minLength": 1, **_domain_schema()},
     }
     worker_filter = {
         "name": "worker",

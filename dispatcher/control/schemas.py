@@ -21,6 +21,7 @@ __all__ = [
     "Health",
     "HealthDetailed",
     "ServiceInfo",
+    "TlsPermission",
 ]
 
 
@@ -72,6 +73,13 @@ class DispatchInfo(BaseModel):
     service: str
     workers: int = Field(ge=0, description="Number of registered workers")
     routes: DispatchRoutes
+
+
+class TlsPermission(BaseModel):
+    """``GET /tls/ask`` when a certificate may be issued for ``domain``."""
+
+    domain: str
+    allowed: Literal[True]
 
 
 class ErrorDetail(BaseModel):
