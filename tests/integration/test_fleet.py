@@ -78,11 +78,14 @@ def within(seconds: float, condition: Any, what: str) -> float:
     return time.monotonic() - started
 
 
-def test_changes_reach_every_process_within_a_second(database: str, tmp_path: Path) -> None:
+def test_admin_and_cli_changes_reach_every_process_within_two_seconds(
+    database: str, tmp_path: Path
+) -> None:
     env = {
         "DISPATCHER_DATABASE_URL": database,
         "DISPATCHER_REGISTRY_POLL_INTERVAL": "30",
         "DISPATCHER_LOG_LEVEL": "warning",
+        "DISPATCHER_ADMIN_TOKEN": "fleet-token",
     }
     with (
         DispatcherProcess(env, cwd=str(tmp_path)) as one,
@@ -93,8 +96,14 @@ def test_changes_reach_every_process_within_a_second(database: str, tmp_path: Pa
             assert status(process.url, "app.example.org") == 200
             assert status(process.url, "new.example.org") == 404  # now negatively cached
 
-        assert cli(database, "domains", "add", "new.example.org", "--worker", "app") == 0
-        for process in (one, two):
+        added = httpx.post(
+            f"{one.url}/admin/domains",
+            json={"domain": "new.example.org", "worker": "app", "status": "active"},
+            headers={"authorization": "Bearer fleet-token"},
+            timeout=10,
+        )
+        assert added.status_code == 201, added.text
+        for process in (two, one):
             within(2, lambda p=process: status(p.url, "new.example.org") == 200, "domain")
 
         assert cli(database, "workers", "remove", "app") == 0
