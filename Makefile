@@ -37,8 +37,9 @@ format: dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+## Load benchmark vs nginx, Caddy and the uvicorn floor (bench/); BENCH_ARGS=--quick to smoke-test.
 bench: dev
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 soak: dev
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)

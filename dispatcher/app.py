@@ -12,6 +12,7 @@ The only module that wires things together. The gateway is a plain ASGI callable
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -80,6 +81,8 @@ class Gateway:
         self.metrics = Metrics(self._state_reading, per_worker=settings.metrics_per_worker)
         self.control = create_control_app(settings, self)
         self._access = access_logger()
+        # The access line is written at info: below that level, skip building it at all.
+        self._log_requests = settings.log_level in ("debug", "info")
 
     # -- state the control plane reads -------------------------------------------------------
 
@@ -311,6 +314,8 @@ class Gateway:
         self.metrics.observe(
             exchange.route or "none", exchange.status or 500, duration, exchange.worker
         )
+        if not self._log_requests:
+            return
         client = scope.get("client")
         self._access.info(
             "request",
@@ -364,6 +369,10 @@ class Gateway:
             on_change=self._apply_snapshot,
         )
         await self.follower.start()
+        # Everything created so far lives as long as the process: move it out of the cyclic
+        # collector's view so full collections under load do not walk it again and again.
+        gc.collect()
+        gc.freeze()
         if not self.follower.healthy:
             _log.warning("registry_unreachable_at_start")
         if self.store.dialect == "postgresql":

@@ -73,6 +73,9 @@ def validate_worker_name(name: str, reserved: frozenset[str] | tuple[str, ...]) 
 def is_ip_literal(host: str) -> bool:
     """True for an IPv4 address or a bracketed (or bare) IPv6 address."""
     candidate = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    # Names (the common case) end in a letter and have no colon: answer without parsing.
+    if not candidate or (":" not in candidate and not candidate[-1].isdigit()):
+        return False
     try:
         ipaddress.ip_address(candidate)
     except ValueError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 import structlog
@@ -25,7 +26,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _timestamp,
     ]
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -39,7 +40,9 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        # One write per line (print() writes the line and its newline separately, two
+        # system calls when stdout is unbuffered, as in the container image).
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stdout)
@@ -62,6 +65,21 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         logger.propagate = True
     # We write our own access line; uvicorn's would repeat it without the routing facts.
     logging.getLogger("uvicorn.access").disabled = True
+
+
+_second = -1
+_second_text = ""
+
+
+def _timestamp(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """ISO 8601 UTC timestamp with microseconds; the date part is formatted once a second."""
+    global _second, _second_text
+    now = time.time()
+    second = int(now)
+    if second != _second:
+        _second, _second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    event_dict["timestamp"] = f"{_second_text}.{int((now - second) * 1_000_000):06d}Z"
+    return event_dict
 
 
 def access_logger() -> Any:

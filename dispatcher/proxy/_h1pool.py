@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import httptools
 
@@ -150,7 +150,7 @@ class _Exchange:
         self._conn: _Connection | None = conn
         self._loop = conn.loop
         # A fresh parser per exchange: after a HEAD response llhttp would wait for a body.
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: Any = httptools.HttpResponseParser(self)  # None once the exchange ends
         self._state = _HEAD
         self._head_only = head_only
         self._reused = reused
@@ -379,6 +379,10 @@ class _Exchange:
             return
         self._conn = None
         conn.exchange = None
+        # The parser and the exchange point at each other: break the cycle so the exchange
+        # is freed by reference counting, not by the cyclic collector (whose full passes
+        # under load were the p99).
+        self._parser = None
         self._cancel_timer()
         if self._keep_alive and self._body_sent and not conn.closed:
             if conn.reading_paused:
@@ -397,6 +401,7 @@ class _Exchange:
             error.__cause__, error.__suppress_context__ = cause, True
         self._state = _FAILED
         self._error = error
+        self._parser = None  # see _settle: no reference cycle left behind
         self._cancel_timer()
         conn = self._conn
         if conn is not None:

@@ -1,0 +1,82 @@
+"""What the benchmark measures: the targets (a server plus the way a request reaches it).
+
+Every target is reached on 127.0.0.1 at its server's port; dispatcher targets differ only in
+how the request is routed to the same worker ``bench`` (upstream: the nginx upstream):
+
+- ``dispatcher``: subdomain route, ``Host: bench.localhost`` (the default base domain);
+- ``dispatcher-path``: path route, ``/dispatch/bench/<size>`` on a control host (the IP);
+- ``dispatcher-custom``: custom-domain route, ``Host: bench.example.org`` registered ``active``
+  (cached after the first request, so this measures the cache hit);
+- ``dispatcher-aiohttp``: the subdomain route through a dispatcher using aiohttp's client;
+- ``dispatcher-quiet``: the subdomain route with ``log_level=warning`` (no access line),
+  to show what the one-line-per-request access log costs;
+- ``nginx``, ``caddy``: the reference reverse proxies; ``floor``: uvicorn answering itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_TARGETS", "SIZES", "TARGETS", "Case", "Target"]
+
+#: Body sizes, by the path the upstream (and the floor) serves them at.
+SIZES = {"small": "100 B", "large": "1 MiB"}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    key: str
+    label: str
+    server: str  # key of the server process that answers it
+    prefix: str = ""  # path before /small or /large
+    host: str | None = None  # Host header (None: wrk's own, 127.0.0.1:<port>)
+    sizes: tuple[str, ...] = ("small", "large")
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """One target with one body size: what a wrk round runs against."""
+
+    target: Target
+    size: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.target.key}/{self.size}"
+
+    @property
+    def path(self) -> str:
+        return f"{self.target.prefix}/{self.size}"
+
+    def url(self, port: int) -> str:
+        return f"http://127.0.0.1:{port}{self.path}"
+
+
+TARGETS = {
+    target.key: target
+    for target in (
+        Target("dispatcher", "dispatcher, subdomain", "dispatcher", host="bench.localhost"),
+        Target("dispatcher-path", "dispatcher, path route", "dispatcher", prefix="/dispatch/bench"),
+        Target(
+            "dispatcher-custom", "dispatcher, custom domain", "dispatcher", host="bench.example.org"
+        ),
+        Target(
+            "dispatcher-aiohttp",
+            "dispatcher, aiohttp client",
+            "dispatcher-aiohttp",
+            host="bench.localhost",
+        ),
+        Target(
+            "dispatcher-quiet",
+            "dispatcher, access log off",
+            "dispatcher-quiet",
+            host="bench.localhost",
+            sizes=("small",),
+        ),
+        Target("nginx", "nginx proxy_pass", "nginx"),
+        Target("caddy", "Caddy reverse_proxy", "caddy"),
+        Target("floor", "uvicorn hello world (floor)", "floor"),
+    )
+}
+
+DEFAULT_TARGETS = tuple(TARGETS)
