@@ -31,7 +31,7 @@ from dispatcher.errors import (
     UpstreamTimeout,
 )
 from dispatcher.hosts import normalize_host
-from dispatcher.logging import access_logger
+from dispatcher.logging import access_logger, batched_logs
 from dispatcher.metrics import Metrics, StateReading
 from dispatcher.proxy._h1pool import H1Pool
 from dispatcher.proxy.headers import RequestIds
@@ -336,6 +336,10 @@ class Gateway:
     # -- lifespan -----------------------------------------------------------------------------
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
+        async with batched_logs():
+            await self._lifespan_events(receive, send)
+
+    async def _lifespan_events(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":

@@ -1,0 +1,72 @@
+"""Log output: JSON lines on stdout, batched while the server runs, never lost at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+
+import pytest
+import structlog
+
+from dispatcher import logging as dispatcher_logging
+from dispatcher.logging import LineBatcher, access_logger, batched_logs, configure_logging
+
+
+def test_line_batcher_writes_at_once_unless_batching() -> None:
+    stream = io.StringIO()
+    batcher = LineBatcher(stream)
+    batcher.write_line("one")
+    assert stream.getvalue() == "one\n"
+    batcher.batching = True
+    batcher.write_line("two")
+    batcher.write_line("three")
+    assert stream.getvalue() == "one\n"
+    batcher.flush()
+    assert stream.getvalue() == "one\ntwo\nthree\n"
+
+
+def test_a_full_batch_is_written_without_waiting() -> None:
+    stream = io.StringIO()
+    batcher = LineBatcher(stream)
+    batcher.batching = True
+    for index in range(512):
+        batcher.write_line(str(index))
+    assert stream.getvalue().count("\n") == 512
+
+
+def test_json_lines_are_flushed_periodically_and_at_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stdout", stream)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setattr(logging.getLogger("uvicorn.access"), "disabled", False)
+    configure_logging("info", "json")
+    try:
+
+        async def serve() -> tuple[str, str]:
+            async with batched_logs():
+                access_logger().info("request", path="/x", status=200)
+                held = stream.getvalue()
+                await asyncio.wait_for(_until(lambda: bool(stream.getvalue())), 5)
+                access_logger().info("request", path="/y", status=404)
+            return held, stream.getvalue()
+
+        held, final = asyncio.run(serve())
+    finally:
+        structlog.reset_defaults()
+        dispatcher_logging._batcher = None
+    assert held == ""  # batched: nothing written the moment it was logged
+    lines = [json.loads(line) for line in final.splitlines()]
+    assert [line["path"] for line in lines] == ["/x", "/y"]  # the last one flushed at exit
+    assert lines[0]["event"] == "request" and lines[0]["level"] == "info"
+    assert lines[0]["timestamp"].endswith("Z")
+
+
+async def _until(condition: object) -> None:
+    while not condition():  # type: ignore[operator]
+        await asyncio.sleep(0.005)
