@@ -317,20 +317,21 @@ class Gateway:
         if not self._log_requests:
             return
         client = scope.get("client")
-        self._access.info(
-            "request",
-            request_id=exchange.request_id,
-            method=scope.get("method", method),
-            host=host_header.decode("latin-1"),
-            path=scope["path"],
-            status=exchange.status,
-            duration_ms=round(duration * 1000, 3),
-            route=exchange.route or None,
-            worker=exchange.worker or None,
-            upstream=exchange.upstream or None,
-            bytes_in=exchange.bytes_in,
-            bytes_out=exchange.bytes_out,
-            client_ip=client[0] if client else None,
+        self._access.write(
+            {
+                "request_id": exchange.request_id,
+                "method": scope.get("method", method),
+                "host": host_header.decode("latin-1"),
+                "path": scope["path"],
+                "status": exchange.status,
+                "duration_ms": round(duration * 1000, 3),
+                "route": exchange.route or None,
+                "worker": exchange.worker or None,
+                "upstream": exchange.upstream or None,
+                "bytes_in": exchange.bytes_in,
+                "bytes_out": exchange.bytes_out,
+                "client_ip": client[0] if client else None,
+            }
         )
 
     # -- lifespan -----------------------------------------------------------------------------

@@ -50,16 +50,17 @@ def test_json_lines_are_flushed_periodically_and_at_the_end(
 
         async def serve() -> tuple[str, str]:
             async with batched_logs():
-                access_logger().info("request", path="/x", status=200)
+                access_logger().write({"path": "/x", "status": 200})
                 held = stream.getvalue()
                 await asyncio.wait_for(_until(lambda: bool(stream.getvalue())), 5)
-                access_logger().info("request", path="/y", status=404)
+                access_logger().write({"path": "/y", "status": 404})
             return held, stream.getvalue()
 
         held, final = asyncio.run(serve())
     finally:
         structlog.reset_defaults()
         dispatcher_logging._batcher = None
+        dispatcher_logging._json_output = False
     assert held == ""  # batched: nothing written the moment it was logged
     lines = [json.loads(line) for line in final.splitlines()]
     assert [line["path"] for line in lines] == ["/x", "/y"]  # the last one flushed at exit
@@ -70,3 +71,28 @@ def test_json_lines_are_flushed_periodically_and_at_the_end(
 async def _until(condition: object) -> None:
     while not condition():  # type: ignore[operator]
         await asyncio.sleep(0.005)
+
+
+def test_the_fast_access_line_has_the_same_shape_as_structlogs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stdout", stream)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setattr(logging.getLogger("uvicorn.access"), "disabled", False)
+    configure_logging("info", "json")
+    fields = {"request_id": "r1", "path": "/p", "status": 200, "worker": None}
+    try:
+        access_logger().write(dict(fields))  # the fast path
+        structlog.get_logger("x").info("request", **fields)  # the general path
+    finally:
+        structlog.reset_defaults()
+        dispatcher_logging._batcher = None
+        dispatcher_logging._json_output = False
+    fast, general = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert set(fast) == set(general)
+    assert {k: v for k, v in fast.items() if k != "timestamp"} == {
+        k: v for k, v in general.items() if k != "timestamp"
+    }
