@@ -12,7 +12,6 @@ The only module that wires things together. The gateway is a plain ASGI callable
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -374,10 +373,6 @@ class Gateway:
             on_change=self._apply_snapshot,
         )
         await self.follower.start()
-        # Everything created so far lives as long as the process: move it out of the cyclic
-        # collector's view so full collections under load do not walk it again and again.
-        gc.collect()
-        gc.freeze()
         if not self.follower.healthy:
             _log.warning("registry_unreachable_at_start")
         if self.store.dialect == "postgresql":
