@@ -54,6 +54,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DispatcherProcess]
             yield process
 
 
+@pytest.mark.timeout(SECONDS + 240)
 def test_mixed_traffic_leaves_no_leaks(rig: DispatcherProcess) -> None:
     process = rig
     assert process.proc is not None
