@@ -125,9 +125,16 @@ def _alembic_lock() -> asyncio.Lock:
 
 
 async def _use_wal(engine: AsyncEngine) -> None:
-    # journal_mode cannot change inside a transaction: run it with no BEGIN at all.
-    async with autocommit(engine).connect() as connection:
-        await connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+    # journal_mode cannot change inside a transaction: run it with no BEGIN at all. SQLite
+    # answers "database is locked" at once (no busy wait) while another connection holds a
+    # lock, which during concurrent upgrades means another migrator got here first and is
+    # switching the file to WAL itself: that is not an error.
+    try:
+        async with autocommit(engine).connect() as connection:
+            await connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+    except sa_exc.OperationalError as exc:
+        if "locked" not in str(exc.orig):
+            raise
 
 
 def _upgrade_on(connection: Connection, config: Config, revision: str) -> None:
