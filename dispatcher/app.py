@@ -25,6 +25,7 @@ from dispatcher.errors import (
     DispatcherError,
     NotFound,
     RegistryUnavailable,
+    RoutingError,
     UpstreamConnectFailed,
     UpstreamError,
     UpstreamTimeout,
@@ -33,13 +34,13 @@ from dispatcher.hosts import normalize_host
 from dispatcher.logging import access_logger, batched_logs
 from dispatcher.metrics import Metrics, StateReading
 from dispatcher.proxy._h1pool import H1Pool
-from dispatcher.proxy.headers import RequestIds
+from dispatcher.proxy.headers import RequestIds, header_value
 from dispatcher.proxy.http import Exchange, Forwarder
 from dispatcher.proxy.transport import UpstreamTransport
 from dispatcher.proxy.websocket import WebSocketForwarder
 from dispatcher.responses import error_body, error_head, send_error
 from dispatcher.routing import (
-    UNAVAILABLE,
+    DomainAnswer,
     Route,
     RoutingTable,
     resolve_control,
@@ -47,7 +48,6 @@ from dispatcher.routing import (
 )
 from dispatcher.settings import Settings
 from workers_registry.changes import PostgresListener, RegistryFollower, RegistrySnapshot
-from workers_registry.models import CustomDomain
 from workers_registry.store import RegistryStore
 
 __all__ = ["Gateway", "create_app"]
@@ -96,26 +96,21 @@ class Gateway:
         return self.store
 
     async def may_issue_certificate(self, domain: str) -> bool:
-        """May Caddy get a certificate for ``domain``? (``/tls/ask``, from the routing cache)."""
+        """May Caddy get a certificate for ``domain``? (``/tls/ask``)
+
+        Yes exactly when a request to that host would be forwarded to a worker: the same
+        routing decision, from the same cache. Raises ``RegistryUnavailable`` when that
+        cannot be known now (Caddy asks again later).
+        """
         try:
             host = normalize_host(domain)
-        except DispatcherError:
+            if self.table.is_control_host(host):
+                return False
+            answer = await self._domain_answer(host)
+            resolve_tenant(host, b"/", b"", self.table, answer)
+        except RoutingError:
             return False
-        table = self.table
-        if table.is_control_host(host) or self.domains is None:
-            return False
-        cached = self.domains.cached(host)
-        answer = await self.domains.resolve(host) if cached is False else cached
-        if isinstance(answer, CustomDomain):
-            if answer.routable:
-                return True
-        elif answer is UNAVAILABLE and table.subdomain_label(host) is None:
-            raise RegistryUnavailable("The worker registry is unavailable; ask again shortly")
-        label = table.subdomain_label(host)
-        if label is None or label in table.reserved:
-            return False
-        worker = table.workers.get(label)
-        return worker is not None and worker.enabled
+        return True
 
     def metrics_text(self) -> bytes:
         return self.metrics.render()
@@ -193,15 +188,19 @@ class Gateway:
         if table.is_control_host(host):
             decision = resolve_control(raw_path, query, table, method=method)
             return decision if isinstance(decision, Route) else None
+        answer = await self._domain_answer(host)
+        return resolve_tenant(host, raw_path, query, table, answer)
+
+    async def _domain_answer(self, host: str) -> DomainAnswer:
+        """The custom-domain registry's answer for ``host``; no await when it is cached."""
         assert self.domains is not None, "lifespan has not run"
         cached = self.domains.cached(host)
-        answer = await self.domains.resolve(host) if cached is False else cached
-        return resolve_tenant(host, raw_path, query, table, answer)
+        return await self.domains.resolve(host) if cached is False else cached
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         exchange = Exchange()
-        host_header = _header(scope, b"host") or b""
+        host_header = header_value(scope["headers"], b"host") or b""
         self.metrics.in_flight.inc()
         try:
             route = await self._route(scope, host_header, scope["method"])
@@ -221,7 +220,7 @@ class Gateway:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         exchange = Exchange()
-        host_header = _header(scope, b"host") or b""
+        host_header = header_value(scope["headers"], b"host") or b""
         try:
             route = await self._route(scope, host_header, "GET")
             if route is None:
@@ -238,7 +237,7 @@ class Gateway:
     async def _control(
         self, scope: Scope, receive: Receive, send: Send, exchange: Exchange
     ) -> None:
-        exchange.request_id = self.ids.pick(_header(scope, b"x-request-id"))
+        exchange.request_id = self.ids.pick(header_value(scope["headers"], b"x-request-id"))
         bind_contextvars(request_id=exchange.request_id)
         exchange.route = "control"
         scope[REQUEST_ID_KEY] = exchange.request_id
@@ -263,7 +262,7 @@ class Gateway:
         if exchange.response_started:
             return  # too late for a status line; the connection closes when we return
         if not exchange.request_id:
-            exchange.request_id = self.ids.pick(_header(scope, b"x-request-id"))
+            exchange.request_id = self.ids.pick(header_value(scope["headers"], b"x-request-id"))
         exchange.status = exc.status
         if isinstance(exc, UpstreamError):
             self.metrics.upstream_error(
@@ -284,7 +283,7 @@ class Gateway:
         if exchange.response_started:
             return
         if not exchange.request_id:
-            exchange.request_id = self.ids.pick(_header(scope, b"x-request-id"))
+            exchange.request_id = self.ids.pick(header_value(scope["headers"], b"x-request-id"))
         if "websocket.http.response" in scope.get("extensions", {}):
             exchange.status = exc.status
             body = error_body(exc, exchange.request_id)
@@ -411,10 +410,3 @@ class Gateway:
 def create_app(settings: Settings, *, transport: UpstreamTransport | None = None) -> Gateway:
     """The dispatcher ASGI app for ``settings`` (run it with uvicorn, lifespan on)."""
     return Gateway(settings, transport)
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None

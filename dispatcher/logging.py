@@ -96,8 +96,12 @@ async def batched_logs() -> AsyncIterator[None]:
         batcher.flush()
 
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
-_LEVELS["error"] = logging.ERROR
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:

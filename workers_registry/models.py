@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -192,13 +192,3 @@ def _check_domain(value: str) -> str:
     if "." not in domain:
         raise ValueError(f"{value!r} is not a fully qualified domain name")
     return domain
-
-
-def model_fields_of(model: type[BaseModel]) -> list[str]:
-    """Names of a model's fields in declaration order (used for table output)."""
-    return list(model.model_fields)
-
-
-def dump(model: BaseModel) -> dict[str, Any]:
-    """JSON-ready dict of a registry model."""
-    return model.model_dump(mode="json")

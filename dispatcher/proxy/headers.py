@@ -27,6 +27,7 @@ __all__ = [
     "RequestIds",
     "TrustPolicy",
     "filter_response_headers",
+    "header_value",
     "prepare_request_headers",
 ]
 
@@ -66,6 +67,14 @@ _OURS: Final = frozenset(
 )
 
 _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._-]{1,128}")
+
+
+def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lowercase) in ASGI ``headers``, or ``None``."""
+    for key, value in headers:
+        if key == name:
+            return bytes(value)
+    return None
 
 
 class RequestIds:

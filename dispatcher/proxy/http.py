@@ -27,6 +27,7 @@ from dispatcher.proxy.headers import (
     RequestIds,
     TrustPolicy,
     filter_response_headers,
+    header_value,
     prepare_request_headers,
 )
 from dispatcher.proxy.transport import (
@@ -111,7 +112,9 @@ class Forwarder:
         context = ForwardContext(
             peer=client[0] if client else None,
             scheme=scope.get("scheme", "http"),
-            host_header=_client_host(scope) if worker.preserve_host else target.authority,
+            host_header=header_value(scope["headers"], b"host") or b""
+            if worker.preserve_host
+            else target.authority,
             worker=worker.name,
             route_kind=route.kind.value,
             prefix=route.prefix,
@@ -325,10 +328,7 @@ class _DisconnectWatcher:
 
 
 def _client_host(scope: Scope) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"host":
-            return bytes(value)
-    return b""
+    return header_value(scope["headers"], b"host") or b""
 
 
 async def _read_body(receive: Receive, limit: int, exchange: Exchange) -> AsyncIterator[bytes]:

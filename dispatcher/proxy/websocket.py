@@ -55,6 +55,7 @@ from dispatcher.proxy.headers import (
     RequestIds,
     TrustPolicy,
     filter_response_headers,
+    header_value,
     prepare_request_headers,
 )
 from dispatcher.proxy.http import Exchange
@@ -149,7 +150,11 @@ class WebSocketForwarder:
         path = route.upstream_path + (b"?" + route.query if route.query else b"")
         for position, target in enumerate(targets):
             exchange.upstream = target.url
-            host = _client_host(scope) if worker.preserve_host else target.authority
+            host = (
+                header_value(scope["headers"], b"host") or b""
+                if worker.preserve_host
+                else target.authority
+            )
             dial = self._dial(target, host, target.base_path + path, headers, scope, route)
             try:
                 upstream = await dial
@@ -367,7 +372,4 @@ def _raw(headers: Headers) -> list[tuple[bytes, bytes]]:
 
 
 def _client_host(scope: Scope) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"host":
-            return bytes(value)
-    return b""
+    return header_value(scope["headers"], b"host") or b""

@@ -96,3 +96,22 @@ def test_the_fast_access_line_has_the_same_shape_as_structlogs(
     assert {k: v for k, v in fast.items() if k != "timestamp"} == {
         k: v for k, v in general.items() if k != "timestamp"
     }
+
+
+def test_console_format_is_for_humans(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stdout", stream)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setattr(logging.getLogger("uvicorn.access"), "disabled", False)
+    configure_logging("info", "console")
+    try:
+        access_logger().write({"path": "/p", "status": 200})
+    finally:
+        structlog.reset_defaults()
+        dispatcher_logging._batcher = None
+        dispatcher_logging._json_output = False
+    (line,) = stream.getvalue().splitlines()
+    assert not line.startswith("{")
+    assert "request" in line and "path=/p" in line and "status=200" in line
