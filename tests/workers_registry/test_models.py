@@ -24,7 +24,6 @@ from workers_registry.models import (
     WorkerCreate,
     WorkerSpec,
     check_upstream_url,
-    dump,
 )
 
 CREATED = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -72,7 +71,7 @@ def test_worker_round_trips_through_json() -> None:
         max_concurrency=4,
         tags={"team": "payments"},
     )
-    assert Worker.model_validate(dump(worker)) == worker
+    assert Worker.model_validate(worker.model_dump(mode="json")) == worker
     assert Worker.model_validate_json(worker.model_dump_json()) == worker
 
 
