@@ -131,6 +131,28 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
 # -- serve --------------------------------------------------------------------------------------
 
 
+def server_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn options that decide how the dispatcher speaks HTTP (tests serve with these)."""
+    return {
+        "http": "dispatcher.h1server:H1Protocol"
+        if settings.http_server == "dispatcher"
+        else "httptools",
+        # The largest request head the server accepts (431 above it): well above the
+        # dispatcher's own max_header_bytes, so the dispatcher answers 431 itself first.
+        "h11_max_incomplete_event_size": max(1 << 20, 4 * settings.max_header_bytes),
+        "ws": "websockets-sansio",  # supports the websocket.http.response denial extension
+        "lifespan": "on",
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": False,  # trust is the dispatcher's decision (DESIGN.md)
+        "server_header": False,  # the upstream's Server and Date headers pass through
+        "date_header": False,
+        # Longer than the keep-alive of the proxy in front (Caddy: 60 s), so the proxy always
+        # closes an idle connection first and never reuses one we are closing.
+        "timeout_keep_alive": round(settings.keepalive_timeout),
+    }
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -150,19 +172,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         workers=args.workers,
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,  # trust is the dispatcher's decision (DESIGN.md)
-        server_header=False,  # the upstream's Server and Date headers pass through
-        date_header=False,
-        http="httptools",
-        ws="websockets-sansio",  # supports the websocket.http.response denial extension
         loop="uvloop" if _has_uvloop() else "asyncio",
-        lifespan="on",
-        # Longer than the keep-alive of the proxy in front (Caddy: 60 s), so the proxy always
-        # closes an idle connection first and never reuses one we are closing.
-        timeout_keep_alive=round(settings.keepalive_timeout),
         timeout_graceful_shutdown=10,
+        **server_options(settings),
     )
     return 0
 

@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
     keepalive_timeout: float = Field(75.0, gt=0)
+    http_server: Literal["dispatcher", "uvicorn"] = "dispatcher"
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
 

@@ -2,6 +2,8 @@
 
 - ``ThreadedServer``: an ASGI app under a real uvicorn in a background thread (its own event
   loop), on an unused 127.0.0.1 port; like httpx's test server.
+- ``serve_gateway``: the dispatcher's gateway in a ``ThreadedServer`` with the HTTP options of
+  ``dispatcher serve`` (its own server protocol unless the settings say otherwise).
 - ``DispatcherProcess``: ``python -m dispatcher serve`` as a child process, for what needs a
   process of its own (the CLI path, memory measurements).
 
@@ -26,7 +28,10 @@ from typing import Any
 import httpx
 import uvicorn
 
-__all__ = ["DispatcherProcess", "ThreadedServer", "free_port", "wait_until"]
+from dispatcher.app import Gateway
+from dispatcher.cli import server_options
+
+__all__ = ["DispatcherProcess", "ThreadedServer", "free_port", "serve_gateway", "wait_until"]
 
 
 def free_port() -> int:
@@ -94,6 +99,11 @@ class ThreadedServer:
         self.server.should_exit = True
         self._thread.join(timeout=15)
         self._sock.close()
+
+
+def serve_gateway(gateway: Gateway, *, port: int = 0) -> ThreadedServer:
+    """A ``ThreadedServer`` for the dispatcher, speaking HTTP exactly as ``serve`` does."""
+    return ThreadedServer(gateway, port=port, **server_options(gateway.settings))
 
 
 class DispatcherProcess:

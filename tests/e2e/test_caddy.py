@@ -24,7 +24,7 @@ from websockets.asyncio.client import connect
 
 from dispatcher.app import create_app
 from dispatcher.settings import Settings
-from tests.servers import ThreadedServer, free_port, wait_until
+from tests.servers import ThreadedServer, free_port, serve_gateway, wait_until
 from tests.tenant import TenantApp
 from workers_registry.migrate import upgrade
 from workers_registry.models import CustomDomainCreate, DomainStatus, WorkerCreate
@@ -78,7 +78,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
 
         asyncio.run(seed())
         gateway = create_app(Settings(database_url=database, base_domains=("example.com",)))
-        with ThreadedServer(gateway) as dispatcher:
+        with serve_gateway(gateway) as dispatcher:
             http_port, https_port, admin_port = free_port(), free_port(), free_port()
             env = {
                 **os.environ,

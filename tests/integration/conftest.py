@@ -17,7 +17,7 @@ import pytest
 
 from dispatcher.app import Gateway, create_app
 from dispatcher.settings import Settings
-from tests.servers import ThreadedServer
+from tests.servers import ThreadedServer, serve_gateway
 from tests.tenant import TenantApp
 from workers_registry.migrate import upgrade
 from workers_registry.models import CustomDomainCreate, DomainStatus, WorkerCreate
@@ -89,7 +89,7 @@ def stack(
             connect_timeout=2,
         )
         gateway = create_app(settings)
-        with ThreadedServer(gateway) as server:
+        with serve_gateway(gateway) as server:
             yield Stack(
                 url=server.url,
                 gateway=gateway,

@@ -23,7 +23,7 @@ from dispatcher.app import create_app
 from dispatcher.cli import main
 from dispatcher.settings import Settings
 from tests.postgres import PostgresServer, run_async
-from tests.servers import DispatcherProcess, ThreadedServer, wait_until
+from tests.servers import DispatcherProcess, ThreadedServer, serve_gateway, wait_until
 from tests.tenant import TenantApp
 from workers_registry.migrate import upgrade
 from workers_registry.models import CustomDomainCreate, WorkerCreate
@@ -156,7 +156,7 @@ def test_database_outage_degrades_and_recovers(
 ) -> None:
     settings = Settings(database_url=database, registry_poll_interval=0.2, domain_cache_ttl=0.5)
     gateway = create_app(settings)
-    with ThreadedServer(gateway) as server:
+    with serve_gateway(gateway) as server:
         assert status(server.url, "app.localhost") == 200
         assert status(server.url, "app.example.org") == 200  # cached from here on
         health = httpx.get(f"{server.url}/health/detailed", timeout=5)
@@ -194,7 +194,7 @@ def test_concurrent_misses_for_one_host_cost_one_query(database: str) -> None:
     gateway = create_app(
         Settings(database_url=database, registry_poll_interval=30, max_concurrency=2000)
     )
-    with ThreadedServer(gateway) as server:
+    with serve_gateway(gateway) as server:
         assert gateway.store is not None
         queries: list[str] = []
 

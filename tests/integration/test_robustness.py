@@ -17,7 +17,7 @@ import pytest
 from dispatcher.app import Gateway, create_app
 from dispatcher.settings import Settings
 from tests.misbehaving import MisbehavingServer
-from tests.servers import ThreadedServer, free_port, wait_until
+from tests.servers import ThreadedServer, free_port, serve_gateway, wait_until
 from tests.tenant import TenantApp
 from workers_registry.migrate import upgrade
 from workers_registry.models import WorkerCreate
@@ -67,7 +67,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         asyncio.run(seed())
         settings = Settings(database_url=database, stream_idle_timeout=1.0, connect_timeout=1)
         gateway = create_app(settings)
-        with ThreadedServer(gateway, port=port) as server:
+        with serve_gateway(gateway, port=port) as server:
             yield Rig(
                 server.url, server.port, gateway, bad, one, two, one_server.url, two_server.url
             )

@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from dispatcher.app import create_app
 from dispatcher.settings import Settings
-from tests.servers import ThreadedServer
+from tests.servers import ThreadedServer, serve_gateway
 from workers_registry.migrate import upgrade
 from workers_registry.models import CustomDomainCreate, DomainStatus, WorkerCreate
 from workers_registry.store import RegistryStore
@@ -190,7 +190,7 @@ def tenant_server(database_url: str) -> Iterator[tuple[WebSocketTenant, Threaded
 def ws_stack(
     database_url: str, tenant_server: tuple[WebSocketTenant, ThreadedServer]
 ) -> Iterator[WsStack]:
-    with ThreadedServer(create_app(dispatcher_settings(database_url))) as server:
+    with serve_gateway(create_app(dispatcher_settings(database_url))) as server:
         tenant, tenant_http = tenant_server
         yield WsStack(server.port, tenant, f"127.0.0.1:{tenant_http.port}")
 
@@ -345,7 +345,7 @@ async def test_idle_session_is_closed_on_both_sides_with_1001(
     tenant = tenant_server[0]
     closed = tenant.closed_event("idle")
     settings = dispatcher_settings(database_url, stream_idle_timeout=0.3)
-    with ThreadedServer(create_app(settings)) as server:
+    with serve_gateway(create_app(settings)) as server:
         stack = WsStack(server.port, tenant, "")
         async with stack.session("chat.localhost", "/?key=idle") as ws:
             await hello(ws)

@@ -18,7 +18,7 @@ import pytest
 from dispatcher.app import create_app
 from dispatcher.hosts import DEFAULT_RESERVED_NAMES
 from dispatcher.settings import Settings
-from tests.servers import ThreadedServer, wait_until
+from tests.servers import ThreadedServer, serve_gateway, wait_until
 from tests.tenant import TenantApp
 from workers_registry.admin import MAX_ADMIN_BODY_BYTES
 from workers_registry.migrate import upgrade_sync
@@ -66,7 +66,7 @@ def serve(database_url: str, **overrides: Any) -> Iterator[Dispatcher]:
         "log_level": "warning",
     }
     settings = Settings(**{**options, **overrides})
-    with ThreadedServer(create_app(settings)) as server:
+    with serve_gateway(create_app(settings)) as server:
         yield Dispatcher(server.url, settings)
 
 

@@ -41,7 +41,7 @@ from dispatcher.control.docs import swagger_ui_directory
 from dispatcher.control.openapi import openapi_document
 from dispatcher.settings import Settings
 from tests.postgres import PostgresServer
-from tests.servers import ThreadedServer
+from tests.servers import ThreadedServer, serve_gateway
 from workers_registry.migrate import upgrade_sync
 
 TOKEN = "openapi-test-token"
@@ -185,7 +185,7 @@ def dispatcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedSer
     database_url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('openapi') / 'registry.db'}"
     upgrade_sync(database_url)
     settings = Settings(database_url=database_url, admin_token=TOKEN, log_level="warning")
-    with ThreadedServer(create_app(settings)) as server:
+    with serve_gateway(create_app(settings)) as server:
         yield server
 
 
@@ -386,7 +386,7 @@ def fuzzed(
         database_url = postgres.url(postgres.create_database())
     upgrade_sync(database_url)
     settings = Settings(database_url=database_url, admin_token=TOKEN, log_level="warning")
-    with ThreadedServer(create_app(settings)) as server:
+    with serve_gateway(create_app(settings)) as server:
         yield server.url
 
 
