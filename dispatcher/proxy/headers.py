@@ -131,7 +131,7 @@ class RequestHeaders:
     upgrade: bytes | None = None  # the Upgrade header of a WebSocket handshake
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ForwardContext:
     """The per-request facts the header policy needs (built by the forwarder)."""
 

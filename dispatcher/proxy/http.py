@@ -48,9 +48,9 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 _log = structlog.get_logger("dispatcher.proxy")
 
-# How long an exchange runs before it starts watching for the client's disconnect. Slow ones
-# (long polls, server-sent events, slow upstreams) are then cancelled as soon as the client
-# goes; fast ones finish before the timer fires and cost no extra task.
+# How long an exchange runs (between one and two of these) before it starts watching for the
+# client's disconnect. Slow ones (long polls, server-sent events, slow upstreams) are then
+# cancelled as soon as the client goes; fast ones finish first and cost no extra task.
 _ARM_DELAY = 0.05
 
 
@@ -91,13 +91,13 @@ class Forwarder:
         self._connect_timeout = settings.connect_timeout
         self._idle_timeout = settings.stream_idle_timeout
         self._inflight: dict[str, int] = {}
-        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._watchers: _WatcherArming | None = None
 
-    def _loop(self) -> asyncio.AbstractEventLoop:
-        loop = self._event_loop
-        if loop is None:
-            loop = self._event_loop = asyncio.get_running_loop()
-        return loop
+    def _watch(self, receive: Receive) -> _DisconnectWatcher:
+        arming = self._watchers
+        if arming is None:
+            arming = self._watchers = _WatcherArming(asyncio.get_running_loop())
+        return arming.watch(receive)
 
     async def forward(
         self, scope: Scope, receive: Receive, send: Send, route: Route, exchange: Exchange
@@ -172,7 +172,7 @@ class Forwarder:
             exchange.body_done = False
             body = RequestBody(_read_body(receive, limit, exchange), prepared.content_length)
         else:
-            watcher = _DisconnectWatcher(receive, self._loop())
+            watcher = self._watch(receive)
         try:
             response = await self._send_request(scope, route, prepared, targets, body, exchange)
             try:
@@ -186,7 +186,7 @@ class Forwarder:
                 exchange.status = response.status
                 exchange.response_started = True
                 if watcher is None and exchange.body_done:
-                    watcher = _DisconnectWatcher(receive, self._loop())
+                    watcher = self._watch(receive)
                 await self._stream_response(send, response, exchange, watcher)
             finally:
                 await response.aclose()
@@ -262,9 +262,13 @@ class Forwarder:
         exchange: Exchange,
         watcher: _DisconnectWatcher | None,
     ) -> None:
+        last = b""
         try:
             async for chunk in response.body():
                 exchange.bytes_out += len(chunk)
+                if response.complete:
+                    last = chunk  # nothing follows: send it as the end of the response
+                    break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamBodyError:
             exchange.upstream_error = "body"
@@ -276,34 +280,30 @@ class Forwarder:
             return
         if watcher is not None:
             watcher.stop()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.body", "body": last, "more_body": False})
 
 
 class _DisconnectWatcher:
     """Cancels the forwarding task as soon as the client disconnects.
 
     Armed only while nothing else reads ``receive`` (no request body, or the body has been
-    read), so it is the sole reader. It starts lazily, after ``_ARM_DELAY`` seconds: quick
-    exchanges (most of them) finish first and never pay for a task. ``stop()`` before the
-    final send keeps a late disconnect from cancelling an exchange that already finished.
+    read), so it is the sole reader. ``_WatcherArming`` starts it lazily: quick exchanges
+    (most of them) finish first and never pay for a task. ``stop()`` before the final send
+    keeps a late disconnect from cancelling an exchange that already finished.
     """
 
-    __slots__ = ("_active", "_handle", "_loop", "_receive", "_target", "_task", "fired")
+    __slots__ = ("_active", "_receive", "_target", "_task", "fired")
 
-    def __init__(self, receive: Receive, loop: asyncio.AbstractEventLoop) -> None:
-        # The loop is passed in: asyncio.get_running_loop() and current_task() without a
-        # loop cost a getpid() system call each on Python 3.11, twice per request here.
+    def __init__(self, receive: Receive, target: asyncio.Task[Any] | None) -> None:
         self._receive = receive
-        self._loop = loop
-        self._target = asyncio.current_task(loop)
+        self._target = target
         self._task: asyncio.Task[None] | None = None
         self._active = True
         self.fired = False
-        self._handle = loop.call_later(_ARM_DELAY, self._start)
 
-    def _start(self) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._active:
-            self._task = self._loop.create_task(self._watch())
+            self._task = loop.create_task(self._watch())
 
     async def _watch(self) -> None:
         while True:
@@ -316,7 +316,6 @@ class _DisconnectWatcher:
 
     def stop(self) -> None:
         self._active = False
-        self._handle.cancel()
 
     async def aclose(self) -> None:
         self.stop()
@@ -325,6 +324,37 @@ class _DisconnectWatcher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+class _WatcherArming:
+    """Starts the watchers of exchanges still running one to two ticks after they began.
+
+    One timer for the whole process instead of one per request: watchers made during a tick
+    wait in ``_young``, move to ``_old`` at the next tick and are started (if still active) at
+    the one after.
+    """
+
+    __slots__ = ("_handle", "_loop", "_old", "_young")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._young: list[_DisconnectWatcher] = []
+        self._old: list[_DisconnectWatcher] = []
+        self._handle: asyncio.TimerHandle | None = None
+
+    def watch(self, receive: Receive) -> _DisconnectWatcher:
+        # current_task() given the loop: without it Python 3.11 makes a getpid() system call.
+        watcher = _DisconnectWatcher(receive, asyncio.current_task(self._loop))
+        self._young.append(watcher)
+        if self._handle is None:
+            self._handle = self._loop.call_later(_ARM_DELAY, self._tick)
+        return watcher
+
+    def _tick(self) -> None:
+        old, self._old, self._young = self._old, self._young, []
+        for watcher in old:
+            watcher.start(self._loop)
+        self._handle = self._loop.call_later(_ARM_DELAY, self._tick) if self._old else None
 
 
 def _client_host(scope: Scope) -> bytes:

@@ -60,6 +60,15 @@ class UpstreamResponse(Protocol):
     status: int
     headers: Headers  # as received, hop-by-hop included; names in their received case
 
+    @property
+    def complete(self) -> bool:
+        """Whether the body has been received and handed out in full (no chunk will follow).
+
+        Lets the caller send the last chunk as the end of the response at once. ``False``
+        is always a correct answer: the end is then learnt from ``body()`` finishing.
+        """
+        ...
+
     def body(self) -> AsyncIterator[bytes]:
         """Yield the body chunk by chunk as it arrives (de-chunked, never decompressed).
 

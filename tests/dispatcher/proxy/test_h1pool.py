@@ -314,8 +314,13 @@ def test_chunked_response_is_yielded_as_it_arrives(run: Run) -> None:
             response = await send(pool, up)
             chunks = response.body()
             assert await anext(chunks) == b"first"
+            assert not response.complete  # more is on its way
             go.set()
-            assert [chunk async for chunk in chunks] == [b"last"]
+            assert await anext(chunks) == b"last"
+            if not response.complete:  # the terminating chunk may come in a later read
+                with pytest.raises(StopAsyncIteration):
+                    await anext(chunks)
+            assert response.complete
             await response.aclose()
             await pool.aclose()
 
@@ -971,5 +976,40 @@ def test_https_origin_speaks_tls_and_verifies_the_certificate(
                 await send(untrusting, up)
             assert isinstance(caught.value.__cause__, ssl.SSLCertVerificationError)
             await untrusting.aclose()
+
+    run(main())
+
+
+def test_response_deadlines_are_cleared_whatever_the_ending(run: Run) -> None:
+    """Every exchange leaves the coarse timeout table: answered, failed or timed out."""
+
+    def bind(up: Upstream) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while (head := await up.read_head(reader)) is not None:
+                if b"/hang" in head:
+                    await up.until_client_closes(reader)
+                    return
+                if b"/reset" in head:
+                    reset(writer)
+                    return
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+
+        return handler
+
+    async def main() -> None:
+        pool = H1Pool()
+        async with upstream(bind) as up:
+            for _ in range(3):
+                response, data = await fetch(pool, up)
+                assert data == b"ok"
+            with pytest.raises(UpstreamUnavailable):
+                await send(pool, up, target=b"/reset")
+            with pytest.raises(UpstreamTimeout):
+                await send(pool, up, target=b"/hang", response_timeout=0.1)
+            deadlines = pool._deadlines
+            assert deadlines is not None
+            assert deadlines._due == {}  # nothing left behind to hold exchanges alive
+            await pool.aclose()
 
     run(main())
