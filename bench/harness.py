@@ -141,8 +141,11 @@ class Bench:
             self._start(
                 key, argv, cpu=cpu, port=port, env=env, ready_path="/health", discard_stdout=True
             )
-        elif key == "floor":
-            argv = [*launcher, "floor", "--port", str(port)]
+        elif key in ("floor", "floor-h1"):
+            argv = [*launcher, key, "--port", str(port)]
+            self._start(key, argv, cpu=cpu, port=port, env=self.env)
+        elif key == "proxy-floor":
+            argv = [*launcher, key, "--port", str(port), "--upstream-port", str(self.upstream_port)]
             self._start(key, argv, cpu=cpu, port=port, env=self.env)
         elif key == "nginx":
             prefix = self.work / "nginx-proxy"

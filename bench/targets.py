@@ -10,7 +10,10 @@ how the request is routed to the same worker ``bench`` (upstream: the nginx upst
 - ``dispatcher-aiohttp``: the subdomain route through a dispatcher using aiohttp's client;
 - ``dispatcher-quiet``: the subdomain route with ``log_level=warning`` (no access line),
   to show what the one-line-per-request access log costs;
-- ``nginx``, ``caddy``: the reference reverse proxies; ``floor``: uvicorn answering itself.
+- ``nginx``, ``caddy``: the reference reverse proxies; ``floor``: uvicorn answering itself;
+- ``floor-h1``: the same hello world on the dispatcher's own server protocol;
+- ``proxy-floor``: a bare ASGI proxy on the dispatcher's server protocol and upstream pool, no
+  routing, header policy, metrics or log (see ``bench.floor``): the architecture's floor.
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ TARGETS = {
         Target("nginx", "nginx proxy_pass", "nginx"),
         Target("caddy", "Caddy reverse_proxy", "caddy"),
         Target("floor", "uvicorn hello world (floor)", "floor"),
+        Target("floor-h1", "hello world, dispatcher's server protocol", "floor-h1"),
+        Target("proxy-floor", "bare proxy on the dispatcher's parts", "proxy-floor"),
     )
 }
 

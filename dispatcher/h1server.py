@@ -315,7 +315,9 @@ class H1Protocol(asyncio.Protocol):
         # The request being parsed.
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
+        self._head_bytes = 0  # of the complete parts of the head (URL, headers)
+        self._in_head = False  # a request head has begun and not ended
+        self._head_received = 0  # bytes received while a head was unfinished
         self._expect_100 = False
 
     @property
@@ -359,6 +361,13 @@ class H1Protocol(asyncio.Protocol):
             else:
                 _log.warning("Invalid HTTP request received.")
                 self._reject(InvalidRequest("Invalid HTTP request received"))
+            return
+        if self._in_head:
+            # The parser keeps an unfinished header in memory however long it grows: count
+            # what arrives (at most one read too much) until the head ends.
+            self._head_received += len(data)
+            if self._head_received > self.head_limit:
+                self._reject(HeadersTooLarge("The request head is too large"))
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -374,6 +383,8 @@ class H1Protocol(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._head_bytes = 0
+        self._in_head = True
+        self._head_received = 0
         self._expect_100 = False
 
     def on_url(self, url: bytes) -> None:
@@ -393,6 +404,7 @@ class H1Protocol(asyncio.Protocol):
             raise _HeadTooLarge
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         parser = self.parser
         if parser.should_upgrade() and self._websocket_requested():
             return  # data_received hands the connection over when the parser stops

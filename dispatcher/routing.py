@@ -53,13 +53,15 @@ class RouteKind(StrEnum):
     QUERY = "query"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Route:
     """Where a request goes: the worker and what the upstream receives.
 
     ``upstream_path`` is the raw path (bytes as the client sent them, starting with ``/``),
     ``query`` the raw query string without ``?``, and ``prefix`` the part of the client's path
-    that the route consumed (``X-Forwarded-Prefix``; empty for host routes).
+    that the route consumed (``X-Forwarded-Prefix``; empty for host routes). Treat it as
+    immutable; it is not frozen only because a frozen dataclass costs a microsecond more to
+    make, once per request.
     """
 
     worker: Worker

@@ -52,6 +52,9 @@ HOP_BY_HOP: Final = frozenset(
 # client strip them would desynchronise us from the upstream (request smuggling).
 _CONNECTION_PROTECTED: Final = frozenset({b"host", b"content-length"})
 
+# Tokens of a ``Connection`` header that leave nothing more to remove.
+_NOT_NAMEABLE: Final = HOP_BY_HOP | _CONNECTION_PROTECTED
+
 # Headers we always set ourselves on the upstream request (any incoming copy is dropped).
 _OURS: Final = frozenset(
     {
@@ -128,6 +131,7 @@ class RequestHeaders:
     content_length: int | None  # the client's Content-Length, when it sent exactly one
     chunked: bool  # the client sent a chunked body (forwarded chunked)
     request_id: str
+    request_id_bytes: bytes  # the same, as sent in X-Request-ID
     upgrade: bytes | None = None  # the Upgrade header of a WebSocket handshake
 
 
@@ -220,26 +224,31 @@ def prepare_request_headers(
         kept.append((b"transfer-encoding", b"chunked"))
 
     token = b"1.1 " + via_name
-    hops = sum(1 for value in via for entry in value.split(b",") if entry.strip() == token)
-    if hops >= max_hops:
-        raise LoopDetected("This request has passed through the dispatcher too many times")
-    via.append(token)
+    if via:
+        hops = sum(1 for value in via for entry in value.split(b",") if entry.strip() == token)
+        if hops >= max_hops:
+            raise LoopDetected("This request has passed through the dispatcher too many times")
+        via.append(token)
+        token = b", ".join(via)
 
     rid = ids.pick(request_id)
+    rid_bytes = rid.encode("ascii")
     peer = (context.peer or "").encode("ascii", "replace")
     chain = b", ".join(forwarded_for) + b", " + peer if forwarded_for else peer
     kept.append((b"host", context.host_header))
     if chain:
         kept.append((b"x-forwarded-for", chain))
-    kept.append((b"x-forwarded-proto", forwarded_proto or context.scheme.encode("ascii")))
-    kept.append((b"x-forwarded-host", forwarded_host or client_host))
     if context.prefix:
         kept.append((b"x-forwarded-prefix", context.prefix.encode("ascii")))
-    kept.append((b"via", b", ".join(via)))
-    kept.append((b"x-request-id", rid.encode("ascii")))
-    kept.append((b"x-dispatch-worker", context.worker.encode("ascii")))
-    kept.append((b"x-dispatch-route", context.route_kind.encode("ascii")))
-    return RequestHeaders(kept, content_length, chunked, rid)
+    kept += (
+        (b"x-forwarded-proto", forwarded_proto or context.scheme.encode("ascii")),
+        (b"x-forwarded-host", forwarded_host or client_host),
+        (b"via", token),
+        (b"x-request-id", rid_bytes),
+        (b"x-dispatch-worker", context.worker.encode("ascii")),
+        (b"x-dispatch-route", context.route_kind.encode("ascii")),
+    )
+    return RequestHeaders(kept, content_length, chunked, rid, rid_bytes)
 
 
 def _content_length(values: list[bytes]) -> int | None:
@@ -269,8 +278,13 @@ def filter_response_headers(
         lower = name.lower()
         if lower in HOP_BY_HOP:
             if lower == b"connection":
-                named = named or set()
-                named.update(token.strip().lower() for token in value.split(b","))
+                # Usually "keep-alive" or "close": nothing to remove beyond the hop-by-hop set.
+                for token in value.lower().split(b","):
+                    token = token.strip()
+                    if token not in _NOT_NAMEABLE:
+                        if named is None:
+                            named = set()
+                        named.add(token)
             continue
         if lower == b"x-request-id":
             continue
@@ -283,7 +297,6 @@ def filter_response_headers(
             value = location_prefix + value
         out.append((lower, value))
     if named:
-        named -= _CONNECTION_PROTECTED
         out = [(name, value) for name, value in out if name not in named]
     out.append((b"x-request-id", request_id))
     return out

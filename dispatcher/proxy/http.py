@@ -106,7 +106,7 @@ class Forwarder:
         targets = self._selector.candidates(worker)
         target = targets[0]
         exchange.worker = worker.name
-        exchange.route = route.kind.value
+        exchange.route = route.kind
         exchange.upstream = target.url
         client = scope.get("client")
         context = ForwardContext(
@@ -116,7 +116,7 @@ class Forwarder:
             if worker.preserve_host
             else target.authority,
             worker=worker.name,
-            route_kind=route.kind.value,
+            route_kind=route.kind,
             prefix=route.prefix,
         )
         prepared = prepare_request_headers(
@@ -178,7 +178,7 @@ class Forwarder:
             try:
                 prefix = route.prefix.encode("ascii") if route.kind is RouteKind.PATH else b""
                 headers = filter_response_headers(
-                    response.headers, prepared.request_id.encode("ascii"), prefix
+                    response.headers, prepared.request_id_bytes, prefix
                 )
                 await send(
                     {"type": "http.response.start", "status": response.status, "headers": headers}
@@ -201,7 +201,10 @@ class Forwarder:
             exchange.status = 499
         finally:
             if watcher is not None:
-                await watcher.aclose()
+                if watcher.started:
+                    await watcher.aclose()
+                else:
+                    watcher.stop()  # never started: nothing to wait for
 
     async def _send_request(
         self,
@@ -300,6 +303,10 @@ class _DisconnectWatcher:
         self._task: asyncio.Task[None] | None = None
         self._active = True
         self.fired = False
+
+    @property
+    def started(self) -> bool:
+        return self._task is not None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._active:

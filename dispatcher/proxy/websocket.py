@@ -118,7 +118,7 @@ class WebSocketForwarder:
         """Open the upstream session for ``scope`` and relay it until either side closes."""
         settings, worker = self._settings, route.worker
         exchange.worker = worker.name
-        exchange.route = route.kind.value
+        exchange.route = route.kind
         targets = self._selector.candidates(worker)
         client = scope.get("client")
         context = ForwardContext(
@@ -126,7 +126,7 @@ class WebSocketForwarder:
             scheme="https" if scope.get("scheme") == "wss" else "http",
             host_header=b"",  # Host goes in the URI (see _dial)
             worker=worker.name,
-            route_kind=route.kind.value,
+            route_kind=route.kind,
             prefix=route.prefix,
         )
         prepared = prepare_request_headers(

@@ -36,6 +36,8 @@ Send = Callable[[Message], Awaitable[None]]
 Headers = Sequence[tuple[bytes, bytes]]
 
 MIB = 1024 * 1024
+PIECE = bytes(range(256)) * 256  # 64 KiB
+BIG = 16 * MIB  # well over what the socket buffers of both ends hold
 
 # Header variants that would split the response if written as they are.
 SPLITTERS: dict[str, tuple[bytes, bytes]] = {
@@ -191,13 +193,12 @@ class App:
             await self._hold(key)
             await respond(send, b"held")
         elif path == "/big":
-            size, piece = 16 * MIB, bytes(range(256)) * 256  # 64 KiB
-            headers = [(b"content-length", b"%d" % size)]
+            headers = [(b"content-length", b"%d" % BIG)]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
-            while self.sent[key] < size:
-                self.sent[key] += len(piece)
-                more = self.sent[key] < size
-                await send({"type": "http.response.body", "body": piece, "more_body": more})
+            while self.sent[key] < BIG:
+                self.sent[key] += len(PIECE)
+                more = self.sent[key] < BIG
+                await send({"type": "http.response.body", "body": PIECE, "more_body": more})
         elif path.startswith("/path/"):
             self.seen.append(path)
             await respond(send, path.encode())
@@ -252,7 +253,7 @@ class Peer:
 
     def __init__(self, port: int, timeout: float = 5.0) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buffer = b""
+        self.buffer = bytearray()
 
     def __enter__(self) -> Peer:
         return self
@@ -268,26 +269,30 @@ class Peer:
             return self.sock.recv(65536)
         except TimeoutError:
             raise AssertionError(
-                f"timed out waiting for {what}; received so far: {self.buffer[:300]!r}"
+                f"timed out waiting for {what}; received so far: {bytes(self.buffer[:300])!r}"
             ) from None
 
     def _fill(self, what: str) -> None:
         chunk = self._recv(what)
         if not chunk:
-            raise AssertionError(f"connection closed before {what}; got {self.buffer[:300]!r}")
+            raise AssertionError(
+                f"connection closed before {what}; got {bytes(self.buffer[:300])!r}"
+            )
         self.buffer += chunk
 
     def read_until(self, marker: bytes, what: str) -> bytes:
         while (index := self.buffer.find(marker)) < 0:
             self._fill(what)
-        end = index + len(marker)
-        data, self.buffer = self.buffer[:end], self.buffer[end:]
-        return data
+        return self._take(index + len(marker))
 
     def read_exactly(self, size: int, what: str) -> bytes:
         while len(self.buffer) < size:
             self._fill(what)
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return self._take(size)
+
+    def _take(self, size: int) -> bytes:
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
         return data
 
     def read_head(self) -> Head:
@@ -332,13 +337,12 @@ class Peer:
             except ConnectionResetError:
                 chunk = b""
             if not chunk:
-                data, self.buffer = self.buffer, b""
-                return data
+                return self._take(len(self.buffer))
             self.buffer += chunk
 
     def assert_quiet(self) -> None:
         """Nothing more has arrived and the connection is open (checked without waiting)."""
-        assert self.buffer == b"", f"unexpected bytes: {self.buffer[:300]!r}"
+        assert not self.buffer, f"unexpected bytes: {bytes(self.buffer[:300])!r}"
         self.sock.settimeout(0)
         try:
             data = self.sock.recv(65536, socket.MSG_PEEK)
@@ -396,7 +400,7 @@ def test_the_server_speaks_through_h1protocol(server: ThreadedServer) -> None:
         peer.send(get("/hello"))
         assert peer.read_response().body == b"hello"
         assert len(state.connections) == 1
-        assert all(isinstance(conn, H1Protocol) for conn in state.connections)
+        assert all(isinstance(conn, H1Protocol) for conn in tuple(state.connections))
 
 
 # -- responses ------------------------------------------------------------------------------------
@@ -459,7 +463,7 @@ def test_head_request_gets_the_head_and_no_body(server: ThreadedServer, path: st
         # No body bytes: the next thing on the connection is the next response's status line.
         peer.assert_quiet()
         peer.send(get("/hello"))
-        assert peer.buffer == b""
+        assert not peer.buffer
         response = peer.read_response()
         assert response.head.raw.startswith(b"HTTP/1.1 200 OK\r\n")
         assert response.body == b"hello"
@@ -622,13 +626,13 @@ def test_large_response_to_a_slow_reader_arrives_complete(app: App, server: Thre
         # and the application waits in send() for the transport to drain.
         connections = server.server.server_state.connections
         wait_until(
-            lambda: any(isinstance(c, H1Protocol) and c.write_paused for c in connections),
+            lambda: any(isinstance(c, H1Protocol) and c.write_paused for c in tuple(connections)),
             what="the writer to pause",
         )
+        assert app.sent[key] < BIG, "the application was not held back while writing was paused"
         response = peer.read_response()
-    piece = bytes(range(256)) * 256
-    assert len(response.body) == 16 * MIB
-    assert response.body == piece * 256
+    assert len(response.body) == BIG
+    assert response.body == PIECE * (BIG // len(PIECE))
 
 
 # -- malformed and oversized requests -------------------------------------------------------------

@@ -1001,7 +1001,7 @@ def test_response_deadlines_are_cleared_whatever_the_ending(run: Run) -> None:
         pool = H1Pool()
         async with upstream(bind) as up:
             for _ in range(3):
-                response, data = await fetch(pool, up)
+                _, data = await fetch(pool, up)
                 assert data == b"ok"
             with pytest.raises(UpstreamUnavailable):
                 await send(pool, up, target=b"/reset")
