@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import structlog
-from structlog.contextvars import bind_contextvars
 
 from dispatcher.control.app import REQUEST_ID_KEY, create_control_app
 from dispatcher.domains import CustomDomainResolver
@@ -31,7 +30,7 @@ from dispatcher.errors import (
     UpstreamTimeout,
 )
 from dispatcher.hosts import normalize_host
-from dispatcher.logging import access_logger, batched_logs
+from dispatcher.logging import access_logger, batched_logs, bind_request_id
 from dispatcher.metrics import Metrics, StateReading
 from dispatcher.proxy._h1pool import H1Pool
 from dispatcher.proxy.headers import RequestIds, header_value
@@ -238,7 +237,7 @@ class Gateway:
         self, scope: Scope, receive: Receive, send: Send, exchange: Exchange
     ) -> None:
         exchange.request_id = self.ids.pick(header_value(scope["headers"], b"x-request-id"))
-        bind_contextvars(request_id=exchange.request_id)
+        bind_request_id(exchange.request_id)
         exchange.route = "control"
         scope[REQUEST_ID_KEY] = exchange.request_id
         rid = exchange.request_id.encode("ascii")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import sys
 import time
@@ -23,7 +24,27 @@ from typing import Any, TextIO
 import orjson
 import structlog
 
-__all__ = ["AccessLog", "LineBatcher", "access_logger", "batched_logs", "configure_logging"]
+__all__ = [
+    "AccessLog",
+    "LineBatcher",
+    "access_logger",
+    "batched_logs",
+    "bind_request_id",
+    "configure_logging",
+]
+
+# The id of the request being handled, in every structlog line written while handling it:
+# structlog's ``merge_contextvars`` merges each context variable named with its prefix. Set
+# directly, it costs a quarter of ``bind_contextvars`` (once per request).
+_REQUEST_ID: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    f"{structlog.contextvars.STRUCTLOG_KEY_PREFIX}request_id", default=...
+)
+
+
+def bind_request_id(request_id: str) -> None:
+    """Put ``request_id`` into every log line of the current task (and tasks it starts)."""
+    _REQUEST_ID.set(request_id)
+
 
 #: Longest time a log line waits in memory while batching.
 _FLUSH_INTERVAL = 0.05

@@ -16,7 +16,7 @@ On a tenant host the tenant owns every path, ``/health`` included.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Final
 from urllib.parse import unquote, unquote_to_bytes
@@ -27,6 +27,7 @@ from dispatcher.errors import (
     InvalidWorkerName,
     MissingWorker,
     RegistryUnavailable,
+    RoutingError,
     WorkerNotFound,
 )
 from dispatcher.hosts import is_ip_literal, validate_worker_name
@@ -90,6 +91,10 @@ UNAVAILABLE: Final = _Unavailable.VALUE
 #: What the caller learned about the host from the custom-domain registry.
 DomainAnswer = CustomDomain | None | _Unavailable
 
+_UNKNOWN: Final = object()
+#: Hosts whose subdomain answer a routing table remembers at most.
+_MEMO_SIZE: Final = 10_000
+
 _PREFIXES: Final = ((b"/dispatch", "/dispatch"), (b"/api/dispatch", "/api/dispatch"))
 _INFO_METHODS: Final = frozenset({"GET", "HEAD"})
 
@@ -105,6 +110,10 @@ class RoutingTable:
     control_hosts: frozenset[str]
     reserved: frozenset[str]
     workers: Mapping[str, Worker]
+    # What ``subdomain_worker`` answered per host: a worker, None, or the error to raise.
+    _subdomains: dict[str, Worker | RoutingError | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def build(
@@ -136,6 +145,32 @@ class RoutingTable:
                 label = host[: -len(base) - 1]
                 return label if label and "." not in label else None
         return None
+
+    def subdomain_worker(self, host: str) -> Worker | None:
+        """The worker that ``host``, one label under a base domain, names.
+
+        ``None`` when ``host`` is not such a subdomain; raises ``InvalidWorkerName``,
+        ``ReservedWorkerName`` or ``WorkerNotFound`` for a label that names no worker. The
+        answer is a function of the host and this (immutable) table, so it is remembered:
+        hosts repeat, and this is on every subdomain request.
+        """
+        known = self._subdomains.get(host, _UNKNOWN)
+        if known is _UNKNOWN:
+            try:
+                label = self.subdomain_label(host)
+                known = (
+                    None
+                    if label is None
+                    else self.worker(validate_worker_name(label, self.reserved))
+                )
+            except RoutingError as exc:
+                known = exc
+            if len(self._subdomains) >= _MEMO_SIZE:  # random hosts must not grow it forever
+                self._subdomains.clear()
+            self._subdomains[host] = known
+        if isinstance(known, RoutingError):
+            raise type(known)(known.message)  # a fresh one: a raised error keeps its traceback
+        return known  # type: ignore[return-value]
 
     def worker(self, name: str) -> Worker:
         """The enabled worker called ``name``, or ``WorkerNotFound``."""
@@ -172,11 +207,10 @@ def resolve_tenant(
     path = raw_path or b"/"
     if isinstance(domain, CustomDomain) and domain.routable:
         return Route(table.worker(domain.worker), RouteKind.CUSTOM_DOMAIN, path, query)
-    label = table.subdomain_label(host)
-    if label is not None:
+    worker = table.subdomain_worker(host)
+    if worker is not None:
         # A registry outage must not take subdomain routing down: the snapshot answers.
-        name = validate_worker_name(label, table.reserved)
-        return Route(table.worker(name), RouteKind.SUBDOMAIN, path, query)
+        return Route(worker, RouteKind.SUBDOMAIN, path, query)
     if domain is UNAVAILABLE:
         raise RegistryUnavailable("The worker registry is unavailable; try again shortly")
     raise DomainNotFound(f"No worker is registered for '{host}'")

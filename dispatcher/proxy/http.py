@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from structlog.contextvars import bind_contextvars
 
 from dispatcher.errors import PayloadTooLarge, UpstreamConnectFailed, WorkerOverloaded
+from dispatcher.logging import bind_request_id
 from dispatcher.proxy.headers import (
     ForwardContext,
     RequestHeaders,
@@ -130,7 +130,7 @@ class Forwarder:
         )
         exchange.request_id = prepared.request_id
         # Every log line emitted while handling this request (ours, uvicorn's) carries the id.
-        bind_contextvars(request_id=prepared.request_id)
+        bind_request_id(prepared.request_id)
         limit = worker.max_body_bytes
         limit = self._max_body_bytes if limit is None else limit
         if prepared.content_length is not None and prepared.content_length > limit:

@@ -377,7 +377,9 @@ def app() -> App:
 
 @pytest.fixture(scope="module")
 def server(app: App) -> Iterator[ThreadedServer]:
-    with ThreadedServer(app, http=H1) as running:
+    # Idle connections stay open far longer than any read deadline here, so that a close the
+    # tests wait for cannot be the keep-alive timeout's.
+    with ThreadedServer(app, http=H1, timeout_keep_alive=30) as running:
         yield running
 
 
@@ -524,6 +526,14 @@ def test_pipelined_requests_are_answered_in_order_one_at_a_time(
         with Peer(server.port) as peer:
             peer.send(get(f"/hold?key={key}") + get(two) + get(three))
             wait_until(lambda: key in app.reached, what="the first request to run")
+            # Reading stops while requests wait behind the one being answered.
+            connections = server.server.server_state.connections
+            wait_until(
+                lambda: any(
+                    isinstance(c, H1Protocol) and c.read_paused for c in tuple(connections)
+                ),
+                what="reading to pause",
+            )
             assert two not in app.seen, "the second request started before the first ended"
             app.release(server, key)
             assert peer.read_response().body == b"held"

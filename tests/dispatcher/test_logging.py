@@ -11,7 +11,13 @@ import pytest
 import structlog
 
 from dispatcher import logging as dispatcher_logging
-from dispatcher.logging import LineBatcher, access_logger, batched_logs, configure_logging
+from dispatcher.logging import (
+    LineBatcher,
+    access_logger,
+    batched_logs,
+    bind_request_id,
+    configure_logging,
+)
 
 
 def test_line_batcher_writes_at_once_unless_batching() -> None:
@@ -115,3 +121,42 @@ def test_console_format_is_for_humans(monkeypatch: pytest.MonkeyPatch) -> None:
     (line,) = stream.getvalue().splitlines()
     assert not line.startswith("{")
     assert "request" in line and "path=/p" in line and "status=200" in line
+
+
+def test_bound_request_id_is_in_every_line_of_its_task_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stdout", stream)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    configure_logging("info", "json")
+
+    async def request(request_id: str) -> None:
+        bind_request_id(request_id)
+        await asyncio.sleep(0)  # another request runs in between
+        structlog.get_logger("dispatcher").warning("upstream_failed_mid_body")
+        logging.getLogger("uvicorn.error").warning("from the standard library")
+
+    async def main() -> None:
+        await asyncio.gather(request("r-one"), request("r-two"))
+        structlog.get_logger("dispatcher").info("outside")
+
+    try:
+        asyncio.run(main())
+    finally:
+        structlog.reset_defaults()
+        dispatcher_logging._batcher = None
+        dispatcher_logging._json_output = False
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    ids = [(line["event"], line.get("request_id")) for line in lines]
+    assert sorted(ids) == sorted(
+        [
+            ("upstream_failed_mid_body", "r-one"),
+            ("from the standard library", "r-one"),
+            ("upstream_failed_mid_body", "r-two"),
+            ("from the standard library", "r-two"),
+            ("outside", None),
+        ]
+    )

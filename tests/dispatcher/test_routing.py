@@ -739,3 +739,41 @@ def test_resolve_raises_only_routing_registry_or_request_errors(
     assert result.upstream_path.startswith(b"/")
     assert result.worker.enabled
     assert TABLE.workers[result.worker.name] is result.worker
+
+
+# -- the remembered subdomain answers --------------------------------------------------------
+
+
+def test_subdomain_answers_are_remembered_and_errors_raised_fresh_each_time() -> None:
+    table = RoutingTable.build(
+        base_domains=["example.com"], reserved=["admin"], workers=[make_worker("shop")]
+    )
+    for _ in range(2):
+        assert resolve_tenant("shop.example.com", b"/", b"", table, None).worker.name == "shop"
+    raised = []
+    for _ in range(2):
+        with pytest.raises(WorkerNotFound) as caught:
+            resolve("ghost.example.com", b"/", b"", table)
+        raised.append(caught.value)
+        with pytest.raises(ReservedWorkerName):
+            resolve("admin.example.com", b"/", b"", table)
+    # Same answer, but not the same object: a re-raised error would keep growing its traceback.
+    assert raised[0] is not raised[1]
+    assert raised[0].message == raised[1].message == "Worker 'ghost' does not exist"
+
+
+def test_a_new_table_does_not_reuse_the_old_tables_answers() -> None:
+    old = RoutingTable.build(base_domains=["example.com"], workers=[])
+    with pytest.raises(WorkerNotFound):
+        resolve("shop.example.com", b"/", b"", old)
+    new = RoutingTable.build(base_domains=["example.com"], workers=[make_worker("shop")])
+    assert resolve_tenant("shop.example.com", b"/", b"", new, None).worker.name == "shop"
+
+
+def test_remembered_subdomain_answers_are_bounded() -> None:
+    table = RoutingTable.build(base_domains=["example.com"], workers=[make_worker("shop")])
+    for n in range(25_000):
+        with pytest.raises(WorkerNotFound):
+            table.subdomain_worker(f"w{n}.example.com")
+    assert len(table._subdomains) <= 10_000
+    assert table.subdomain_worker("shop.example.com") == make_worker("shop")
