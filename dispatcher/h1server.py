@@ -56,6 +56,7 @@ _LAST_CHUNK: Final = b"0\r\n\r\n"
 _CHUNKED_HEADER: Final = b"transfer-encoding: chunked\r\n"
 _CLOSE_HEADER: Final = b"connection: close\r\n"
 _NO_BODY_STATUS: Final = frozenset((204, 304))
+_FRAMING: Final = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 
 
 def _status_line(status: int) -> bytes:
@@ -220,14 +221,19 @@ class _Cycle:
         line = _STATUS_LINES.get(status)
         if line is None:
             raise RuntimeError(f"Invalid HTTP status code {status!r}")
-        parts = [line]
-        lines = 2
+        defaults = self.conn.default_headers
+        if defaults:
+            headers = [*defaults, *headers]
+        elif type(headers) is not list:
+            headers = list(headers)  # walked twice below
         framed = self._head_only
         if status in _NO_BODY_STATUS or status < 200:
             framed, self._remaining = True, 0  # no body allowed, whatever the headers say
         close_sent = False
-        for name, value in (*self.conn.default_headers, *headers):
+        for name, value in headers:
             lowered = name.lower()
+            if lowered not in _FRAMING:
+                continue
             if lowered == b"content-length":
                 if not framed:
                     framed = True
@@ -235,22 +241,20 @@ class _Cycle:
             elif lowered == b"transfer-encoding":
                 if value.lower() == b"chunked" and not framed:
                     framed = self._chunked = True
-            elif lowered == b"connection" and b"close" in _tokens(value):
+            elif b"close" in _tokens(value):  # Connection
                 self.keep_alive = False
                 close_sent = True
-            parts += (name, _SEP, value, _CRLF)
-            lines += 1
+        extra = b""
         if not framed:
             self._chunked = True
-            parts.append(_CHUNKED_HEADER)
-            lines += 1
+            extra = _CHUNKED_HEADER
         if not self.keep_alive and not close_sent:
-            parts.append(_CLOSE_HEADER)
-            lines += 1
-        parts.append(_CRLF)
-        head = b"".join(parts)
+            extra += _CLOSE_HEADER
+        lines = b"\r\n".join([b": ".join(header) for header in headers])
+        head = line + lines + b"\r\n" + extra + b"\r\n" if lines else line + extra + b"\r\n"
         # The one check against response splitting: every CR and LF is a line end we wrote.
-        if head.count(b"\n") != lines or head.count(b"\r") != lines:
+        ends = len(headers) + 2 + extra.count(b"\n")
+        if head.count(b"\n") != ends or head.count(b"\r") != ends:
             raise RuntimeError("Invalid HTTP header name or value (CR or LF inside)")
         return head
 

@@ -48,8 +48,6 @@ from dispatcher.proxy.transport import (
 
 __all__ = ["H1Pool"]
 
-_VERSION: Final = b" HTTP/1.1\r\n"
-_SEP: Final = b": "
 _CRLF: Final = b"\r\n"
 _LAST_CHUNK: Final = b"0\r\n\r\n"
 _PAUSE_ABOVE: Final = 256 * 1024  # unread response bytes above which reading pauses
@@ -525,11 +523,12 @@ class H1Pool:
         idle_timeout: float,
     ) -> UpstreamResponse:
         """Send a request and return the response once its head arrived (see the protocol)."""
-        parts = [method, b" ", target, _VERSION]
-        for name, value in headers:
-            parts += (name, _SEP, value, _CRLF)
-        parts.append(_CRLF)
-        head = b"".join(parts)
+        lines = b"\r\n".join([b": ".join(header) for header in headers])
+        head = (
+            b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (method, target, lines)
+            if lines
+            else (b"%s %s HTTP/1.1\r\n\r\n" % (method, target))
+        )
         head_only = method == b"HEAD"
         conn = self._checkout(origin)
         if conn is not None:

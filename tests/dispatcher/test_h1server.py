@@ -720,6 +720,21 @@ def test_head_growing_past_the_limit_is_rejected_before_it_ends(
     assert_json_error(data, 431, "headers_too_large")
 
 
+def test_bytes_before_an_unfinished_head_do_not_count_against_it(
+    small_heads: ThreadedServer,
+) -> None:
+    # One read holds a whole request with an 8 KiB body and the start of the next request's
+    # head: only that start (a few bytes) is head; both requests are well within the limit.
+    body = b"b" * 8192
+    with Peer(small_heads.port) as peer:
+        peer.send(post_head("/echo", b"Content-Length: %d" % len(body)) + body + b"GET /path/x HT")
+        first = peer.read_response()
+        assert first.status == 200, first.head.raw + first.body[:300]
+        assert first.body == body
+        peer.send(b"TP/1.1\r\nHost: test\r\n\r\n")
+        assert peer.read_response().body == b"/path/x"
+
+
 # -- disconnects and application failures ---------------------------------------------------------
 
 

@@ -1013,3 +1013,17 @@ def test_response_deadlines_are_cleared_whatever_the_ending(run: Run) -> None:
             await pool.aclose()
 
     run(main())
+
+
+def test_request_without_headers_has_a_well_formed_head(run: Run) -> None:
+    answer = serve_forever(lambda up, head, body: ok(b"fine"))
+
+    async def main() -> None:
+        pool = H1Pool()
+        async with upstream(answer) as up:
+            response, data = await fetch(pool, up, b"GET", b"/bare", [])
+            assert (response.status, data) == (200, b"fine")
+            assert up.heads[0] == b"GET /bare HTTP/1.1\r\n\r\n"
+            await pool.aclose()
+
+    run(main())
