@@ -187,7 +187,9 @@ class Gateway:
         if table.is_control_host(host):
             decision = resolve_control(raw_path, query, table, method=method)
             return decision if isinstance(decision, Route) else None
-        answer = await self._domain_answer(host)
+        assert self.domains is not None, "lifespan has not run"
+        cached = self.domains.cached(host)  # no coroutine at all when it is cached
+        answer = await self.domains.resolve(host) if cached is False else cached
         return resolve_tenant(host, raw_path, query, table, answer)
 
     async def _domain_answer(self, host: str) -> DomainAnswer:

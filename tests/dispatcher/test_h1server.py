@@ -421,6 +421,20 @@ def test_small_response_is_complete_and_the_connection_kept_alive(server: Thread
         peer.assert_quiet()
 
 
+def test_server_default_headers_come_first(app: App) -> None:
+    with (
+        ThreadedServer(app, http=H1, server_header=True, date_header=True) as server,
+        Peer(server.port) as peer,
+    ):
+        peer.send(get("/hello"))
+        response = peer.read_response()
+    names = [name for name, _ in response.head.headers]
+    assert sorted(names[:2]) == ["date", "server"]  # uvicorn's, in uvicorn's order
+    assert names[2:] == ["content-type", "content-length", "X-Custom"]
+    assert response.head.get("server") == "uvicorn"
+    assert response.body == b"hello"
+
+
 def test_streaming_head_arrives_before_the_body_is_sent(app: App, server: ThreadedServer) -> None:
     key = new_key()
     try:
