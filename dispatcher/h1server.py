@@ -322,6 +322,7 @@ class H1Protocol(asyncio.Protocol):
         self._head_bytes = 0  # of the complete parts of the head (URL, headers)
         self._in_head = False  # a request head has begun and not ended
         self._head_received = 0  # bytes received while a head was unfinished
+        self._ended = False  # a request ended in the read being parsed
         self._expect_100 = False
 
     @property
@@ -352,6 +353,8 @@ class H1Protocol(asyncio.Protocol):
         self.parser = None  # breaks the parser <-> protocol reference cycle
 
     def data_received(self, data: bytes) -> None:
+        continued = self._in_head  # this read continues an unfinished head
+        self._ended = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -366,9 +369,11 @@ class H1Protocol(asyncio.Protocol):
                 _log.warning("Invalid HTTP request received.")
                 self._reject(InvalidRequest("Invalid HTTP request received"))
             return
-        if self._in_head:
+        if self._in_head and (continued or not self._ended):
             # The parser keeps an unfinished header in memory however long it grows: count
-            # what arrives (at most one read too much) until the head ends.
+            # what arrives until the head ends. A read that also ended an earlier request is
+            # not counted (how much of it is head is unknown): the limit is then met at most
+            # one read late.
             self._head_received += len(data)
             if self._head_received > self.head_limit:
                 self._reject(HeadersTooLarge("The request head is too large"))
@@ -460,6 +465,7 @@ class H1Protocol(asyncio.Protocol):
             cycle.body_received(body)
 
     def on_message_complete(self) -> None:
+        self._ended = True
         cycle = self._parsing
         if cycle is not None and not cycle.complete:
             cycle.more_body = False
