@@ -174,9 +174,10 @@ class _Cycle:
         if not self.started:
             if kind != "http.response.start":
                 raise RuntimeError(f"Expected ASGI message 'http.response.start', got '{kind}'")
+            # Rendered first: a head refused here leaves room for the 500.
+            self._head = self._render_head(message["status"], message.get("headers", ()))
             self.started = True
             self._expect_100 = False
-            self._head = self._render_head(message["status"], message.get("headers", ()))
             conn.loop.call_soon(self._flush_head)
             return
         if self.complete:
@@ -226,6 +227,7 @@ class _Cycle:
             headers = [*defaults, *headers]
         elif type(headers) is not list:
             headers = list(headers)  # walked twice below
+        self._chunked, self._remaining = False, -1
         framed = self._head_only
         if status in _NO_BODY_STATUS or status < 200:
             framed, self._remaining = True, 0  # no body allowed, whatever the headers say
@@ -246,8 +248,11 @@ class _Cycle:
                 close_sent = True
         extra = b""
         if not framed:
-            self._chunked = True
-            extra = _CHUNKED_HEADER
+            if self.scope["http_version"] == "1.0":
+                self.keep_alive = False  # HTTP/1.0 has no chunked coding: the close ends it
+            else:
+                self._chunked = True
+                extra = _CHUNKED_HEADER
         if not self.keep_alive and not close_sent:
             extra += _CLOSE_HEADER
         lines = b"\r\n".join([b": ".join(header) for header in headers])

@@ -531,6 +531,28 @@ def test_cr_or_lf_in_a_header_never_reaches_the_client(
     assert data == b"" or data.startswith(b"HTTP/1.1 500 "), data
 
 
+def test_a_refused_head_still_gets_a_clean_500(server: ThreadedServer) -> None:
+    # The bad head is refused before anything is written, so the 500 can still be sent.
+    with Peer(server.port) as peer:
+        peer.send(get("/split?variant=crlf-in-value"))
+        response = peer.read_response()
+        assert response.status == 500
+        assert response.body == b"Internal Server Error"
+        assert response.head.get("transfer-encoding") is None
+        assert peer.read_to_eof() == b""
+
+
+def test_http_1_0_response_of_unknown_length_ends_with_the_connection(
+    server: ThreadedServer,
+) -> None:
+    with Peer(server.port) as peer:
+        peer.send(get("/chunked", version=b"1.0"))
+        head = peer.read_head()
+        assert head.get("transfer-encoding") is None  # HTTP/1.0 has no chunked coding
+        assert head.get("connection") == "close"
+        assert peer.read_to_eof() == b"abcdefgh"
+
+
 def test_pipelined_requests_are_answered_in_order_one_at_a_time(
     app: App, server: ThreadedServer
 ) -> None:
