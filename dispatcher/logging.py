@@ -177,14 +177,21 @@ _second = -1
 _second_text = ""
 
 
-def _timestamp(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """ISO 8601 UTC timestamp with microseconds; the date part is formatted once a second."""
+def _now() -> str:
+    """Now, ISO 8601 UTC with microseconds; the part up to the second is formatted once a second."""
     global _second, _second_text
-    now = time.time()
-    second = int(now)
+    ns = time.time_ns()
+    second = ns // 1_000_000_000
     if second != _second:
-        _second, _second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    event_dict["timestamp"] = f"{_second_text}.{int((now - second) * 1_000_000):06d}Z"
+        _second = second
+        _second_text = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+    # The microseconds zero-padded to six digits, without a format call (this is per request).
+    return _second_text + str(1_000_000 + ns // 1000 % 1_000_000)[1:] + "Z"
+
+
+def _timestamp(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: the ``timestamp`` field."""
+    event_dict["timestamp"] = _now()
     return event_dict
 
 
@@ -208,7 +215,7 @@ class AccessLog:
             return
         fields["event"] = "request"
         fields["level"] = "info"
-        _timestamp(None, "info", fields)
+        fields["timestamp"] = _now()
         batcher.write_line(orjson.dumps(fields).decode())
 
 

@@ -6,6 +6,8 @@ import asyncio
 import io
 import json
 import logging
+import re
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import structlog
@@ -160,3 +162,14 @@ def test_bound_request_id_is_in_every_line_of_its_task_only(
             ("outside", None),
         ]
     )
+
+
+def test_timestamps_are_iso_8601_utc_with_microseconds() -> None:
+    before = datetime.now(UTC)
+    stamps = [dispatcher_logging._now() for _ in range(1000)]
+    after = datetime.now(UTC)
+    for stamp in stamps:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp), stamp
+        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        assert before - timedelta(milliseconds=1) <= moment <= after + timedelta(milliseconds=1)
+    assert stamps == sorted(stamps)
