@@ -8,9 +8,10 @@ falls back to the built-in list.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Final
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -20,6 +21,7 @@ from dispatcher.hosts import DEFAULT_RESERVED_NAMES, normalize_domain, validate_
 
 __all__ = [
     "ROUTABLE_STATUSES",
+    "UPSTREAM_URL_PATTERN",
     "CustomDomain",
     "CustomDomainCreate",
     "CustomDomainPatch",
@@ -47,6 +49,17 @@ ByteCount = Annotated[int, Field(ge=0, le=2**63 - 1)]
 Text = Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f]*$", max_length=1024)]
 
 
+#: The shape of an upstream base URL: the API's published pattern, and checked here too, so the
+#: documented contract and the validation are the same. Host: a name (underscores allowed, as
+#: in container service names) or a bracketed IPv6 address; the base path: RFC 3986 ``pchar``.
+UPSTREAM_URL_PATTERN: Final = (
+    r"^[Hh][Tt][Tt][Pp][Ss]?://"
+    r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\])"
+    r"(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)*$"
+)
+_UPSTREAM_URL = re.compile(UPSTREAM_URL_PATTERN)
+
+
 def check_upstream_url(url: str) -> str:
     """Validate an upstream base URL and return its canonical form (no trailing slash).
 
@@ -70,6 +83,11 @@ def check_upstream_url(url: str) -> str:
         raise ValueError(f"{url!r}: an upstream URL has no query or fragment")
     if port == 0:
         raise ValueError(f"{url!r}: port 0 is not a valid port")
+    if not _UPSTREAM_URL.fullmatch(url.strip()):
+        raise ValueError(
+            f"{url!r} is not an upstream base URL: http(s)://host[:port][/base/path], "
+            "no credentials, query or fragment"
+        )
     host = parts.hostname
     netloc = f"[{host}]" if ":" in host else host
     if port is not None:

@@ -31,6 +31,7 @@ from dispatcher.control.schemas import (
 )
 from workers_registry.admin import DomainList, WorkerList
 from workers_registry.models import (
+    UPSTREAM_URL_PATTERN,
     CustomDomain,
     CustomDomainCreate,
     CustomDomainPatch,
@@ -44,11 +45,6 @@ OPENAPI_VERSION: Final = "3.1.0"
 
 #: RFC 1123 label syntax, either case (names are compared lowercased).
 WORKER_NAME_PATTERN: Final = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
-
-_UPSTREAM_PATTERN: Final = (
-    r"^https?://[A-Za-z0-9](?:[A-Za-z0-9.-]{0,40}[A-Za-z0-9])?(?::[1-9][0-9]{0,3})?"
-    r"(?:/[A-Za-z0-9._~-]*)*$"
-)
 
 _MODELS: Final[list[tuple[type[BaseModel], JsonSchemaMode]]] = [
     (ServiceInfo, "serialization"),
@@ -167,7 +163,7 @@ def _describe_worker_fields(schema: dict[str, Any]) -> None:
     properties["name"].update(_worker_name_schema())
     properties["upstreams"]["items"].update(
         {
-            "pattern": _UPSTREAM_PATTERN,
+            "pattern": UPSTREAM_URL_PATTERN,
             "description": "Base URL (http or https), optionally with a base path; "
             "no credentials, query or fragment.",
         }

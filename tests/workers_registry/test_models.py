@@ -197,6 +197,9 @@ def test_worker_spec_canonicalises_every_upstream_in_order() -> None:
         pytest.param("https://a.internal/base/", "https://a.internal/base", id="base-path"),
         pytest.param("http://[::1]:9000", "http://[::1]:9000", id="ipv6"),
         pytest.param("  http://a.internal  ", "http://a.internal", id="whitespace"),
+        pytest.param("http://my_app:8000/api", "http://my_app:8000/api", id="underscore-host"),
+        pytest.param("http://a.internal:18080", "http://a.internal:18080", id="five-digit-port"),
+        pytest.param("http://a/v1;x=1/@me/*", "http://a/v1;x=1/@me/*", id="rfc3986-pchars"),
     ],
 )
 def test_check_upstream_url_returns_the_canonical_form(url: str, expected: str) -> None:
@@ -218,6 +221,11 @@ def test_check_upstream_url_returns_the_canonical_form(url: str, expected: str) 
         pytest.param("http://a.internal:99999", id="port-out-of-range"),
         pytest.param("http://a.internal:http", id="port-not-numeric"),
         pytest.param("", id="empty"),
+        # Outside the published pattern (the request line could not carry them as given).
+        pytest.param("http://a b.internal", id="space-in-host"),
+        pytest.param("http://a.internal/caf\u00e9", id="non-ascii-path"),
+        pytest.param("http://a.internal/a b", id="space-in-path"),
+        pytest.param('http://a.internal/"x"', id="quote-in-path"),
     ],
 )
 def test_check_upstream_url_rejects_unusable_urls(url: str) -> None:
