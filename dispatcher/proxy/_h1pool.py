@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections import deque
 from typing import Any, Final, cast
 
 import httptools
@@ -51,6 +52,7 @@ __all__ = ["H1Pool"]
 _CRLF: Final = b"\r\n"
 _LAST_CHUNK: Final = b"0\r\n\r\n"
 _PAUSE_ABOVE: Final = 256 * 1024  # unread response bytes above which reading pauses
+_RESUME_BELOW: Final = 64 * 1024  # ... and below which it resumes
 # A proxy must not retry non-idempotent requests by itself (RFC 9112 section 9.3.1).
 _IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 
@@ -194,7 +196,7 @@ class _Exchange:
         self._received = False
         self._body_sent = True
         self._body_task: asyncio.Task[None] | None = None
-        self._chunks: list[bytes] = []
+        self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
         self._deadlines = conn.deadlines
@@ -376,11 +378,11 @@ class _Exchange:
         while True:
             chunks = self._chunks
             if chunks:
-                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
-                self._buffered = 0
+                # One chunk at a time, as parsed: joining them would copy every byte once more.
+                data = chunks.popleft()
+                self._buffered -= len(data)
                 conn = self._conn
-                if conn is not None and conn.reading_paused:
+                if conn is not None and conn.reading_paused and self._buffered <= _RESUME_BELOW:
                     conn.reading_paused = False
                     conn.transport.resume_reading()
                 return data
