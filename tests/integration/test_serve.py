@@ -12,7 +12,7 @@ import pytest
 
 from dispatcher.cli import main
 from tests.servers import DispatcherProcess, ThreadedServer
-from tests.tenant import PATTERN, TenantApp
+from tests.tenant import PATTERN, TenantApp, pattern_bytes
 
 MIB = 1024 * 1024
 
@@ -108,3 +108,36 @@ def test_100_mib_upload_streams_with_flat_memory(served: DispatcherProcess) -> N
     assert data["body_sha256"] == expected.hexdigest()
     growth = max(samples) - baseline
     assert growth < 32 * 1024, f"RSS grew by {growth} KiB while uploading"
+
+
+@pytest.mark.parametrize("http_server", ["dispatcher", "uvicorn"])
+def test_either_http_server_protocol_serves_the_dispatcher(
+    tmp_path: Path, tenant: ThreadedServer, http_server: str
+) -> None:
+    """``http_server`` picks the server protocol; the dispatcher behaves the same on both."""
+    env = {
+        "DISPATCHER_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'protocol.db'}",
+        "DISPATCHER_HTTP_SERVER": http_server,
+        "DISPATCHER_LOG_LEVEL": "warning",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        for key, value in env.items():
+            patch.setenv(key, value)
+        assert main(["workers", "add", "big", "--upstream", tenant.url]) == 0
+    with (
+        DispatcherProcess(env, cwd=str(tmp_path)) as process,
+        httpx.Client(base_url=process.url, headers={"host": "big.localhost"}) as client,
+    ):
+        for _ in range(3):  # one keep-alive connection
+            response = client.get("/bytes", params={"n": 100_000}, timeout=10)
+            assert response.status_code == 200
+            assert response.content == pattern_bytes(100_000)
+        too_big = client.get("/", headers={"x-big": "a" * 40_000}, timeout=10)
+        assert too_big.status_code == 431  # the dispatcher's own max_header_bytes
+        assert too_big.json()["error"]["code"] == "headers_too_large"
+        # Which protocol ran shows at the server's own head limit: ours refuses a 2 MiB head
+        # and closes; uvicorn's has none, so the dispatcher answers it (keeping the connection).
+        huge = client.get("/", headers={"x-huge": "a" * (2 << 20)}, timeout=10)
+        assert huge.status_code == 431
+        assert (huge.headers.get("connection") == "close") == (http_server == "dispatcher")
