@@ -29,7 +29,7 @@ _COMPONENTS = (
     # uvloop's C event loop (epoll, socket reads and writes, callbacks) runs under this frame.
     ("Runner.run (asyncio/runners.py)", "event loop: uvloop C code and syscalls"),
     ("dispatcher/h1server", "dispatcher: HTTP server protocol"),
-    ("dispatcher/proxy/_h1pool", "dispatcher: H1Pool (upstream client)"),
+    ("dispatcher/proxy/_h1", "dispatcher: H1Pool (upstream client)"),
     ("dispatcher/proxy/headers", "dispatcher: header policy"),
     ("dispatcher/proxy/http", "dispatcher: forwarder"),
     ("dispatcher/proxy/upstreams", "dispatcher: upstream selection"),

@@ -28,46 +28,21 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections import deque
-from typing import Any, Final, cast
+from typing import Final, cast
 
-import httptools
-
-from dispatcher.errors import (
-    InvalidRequest,
-    UpstreamConnectFailed,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
-from dispatcher.proxy.transport import (
-    Headers,
-    Origin,
-    RequestBody,
-    UpstreamBodyError,
-    UpstreamResponse,
-)
+from dispatcher.errors import UpstreamConnectFailed, UpstreamUnavailable
+from dispatcher.proxy._h1exchange import H1Exchange, StaleConnection, wake
+from dispatcher.proxy.transport import Headers, Origin, RequestBody, UpstreamResponse
 
 __all__ = ["H1Pool"]
 
-_CRLF: Final = b"\r\n"
-_LAST_CHUNK: Final = b"0\r\n\r\n"
-_PAUSE_ABOVE: Final = 256 * 1024  # unread response bytes above which reading pauses
-_RESUME_BELOW: Final = 64 * 1024  # ... and below which it resumes
 # A proxy must not retry non-idempotent requests by itself (RFC 9112 section 9.3.1).
 _IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
-
 # Response timeouts are checked this often (seconds): they may fire this much late.
 _TICK: Final = 0.05
 
-# Exchange states, in order.
-_HEAD, _BODY, _DONE, _FAILED = 0, 1, 2, 3
 
-
-class _Stale(UpstreamUnavailable):
-    """A reused keep-alive connection closed before sending a byte: safe to retry once."""
-
-
-class _Deadlines:
+class Deadlines:
     """Response timeouts, checked on a coarse tick instead of one event-loop timer each.
 
     Registering and clearing a deadline is a dict insert and delete; a timer handle made and
@@ -78,15 +53,15 @@ class _Deadlines:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._due: dict[_Exchange, float] = {}
+        self._due: dict[H1Exchange, float] = {}
         self._handle: asyncio.TimerHandle | None = None
 
-    def add(self, exchange: _Exchange, timeout: float) -> None:
+    def add(self, exchange: H1Exchange, timeout: float) -> None:
         self._due[exchange] = self._loop.time() + timeout
         if self._handle is None:
             self._handle = self._loop.call_later(_TICK, self._tick)
 
-    def discard(self, exchange: _Exchange) -> None:
+    def discard(self, exchange: H1Exchange) -> None:
         self._due.pop(exchange, None)
 
     def _tick(self) -> None:
@@ -98,7 +73,7 @@ class _Deadlines:
         self._handle = self._loop.call_later(_TICK, self._tick) if due else None
 
 
-class _Connection(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     """One socket to an upstream: forwards bytes and events to the exchange that holds it."""
 
     transport: asyncio.Transport
@@ -107,7 +82,7 @@ class _Connection(asyncio.Protocol):
         self.pool = pool
         self.origin = origin
         self.loop = loop
-        self.exchange: _Exchange | None = None
+        self.exchange: H1Exchange | None = None
         self.closed = False
         self.write_paused = False
         self.reading_paused = False
@@ -128,8 +103,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        _wake(self.drain_waiter)
-        _wake(self.lost_waiter)
+        wake(self.drain_waiter)
+        wake(self.lost_waiter)
         exchange = self.exchange
         if exchange is not None:
             exchange.connection_lost(exc)
@@ -141,7 +116,7 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        _wake(self.drain_waiter)
+        wake(self.drain_waiter)
 
     def close(self, *, abort: bool = False) -> None:
         if not self.closed:
@@ -150,337 +125,6 @@ class _Connection(asyncio.Protocol):
                 self.transport.abort()
             else:
                 self.transport.close()
-
-
-class _Exchange:
-    """One request and its response: the ``UpstreamResponse`` and the parser's callbacks."""
-
-    __slots__ = (
-        "_body_sent",
-        "_body_task",
-        "_buffered",
-        "_chunks",
-        "_conn",
-        "_deadlines",
-        "_error",
-        "_head_only",
-        "_idle_timeout",
-        "_interim",
-        "_keep_alive",
-        "_loop",
-        "_parser",
-        "_received",
-        "_reused",
-        "_state",
-        "_timed",
-        "_waiter",
-        "headers",
-        "status",
-    )
-
-    def __init__(
-        self, conn: _Connection, *, head_only: bool, reused: bool, idle_timeout: float
-    ) -> None:
-        self.status = 0
-        self.headers: Headers = []
-        self._conn: _Connection | None = conn
-        self._loop = conn.loop
-        # A fresh parser per exchange: after a HEAD response llhttp would wait for a body.
-        self._parser: Any = httptools.HttpResponseParser(self)  # None once the exchange ends
-        self._state = _HEAD
-        self._head_only = head_only
-        self._reused = reused
-        self._idle_timeout = idle_timeout
-        self._interim = False
-        self._keep_alive = False
-        self._received = False
-        self._body_sent = True
-        self._body_task: asyncio.Task[None] | None = None
-        self._chunks: deque[bytes] = deque()
-        self._buffered = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._deadlines = conn.deadlines
-        self._timed = False  # a response deadline is registered in _deadlines
-        self._error: BaseException | None = None
-
-    # -- parser callbacks ------------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        if self._state == _DONE:
-            self._keep_alive = False  # a second response to one request
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._state == _HEAD:  # trailers of a chunked body are dropped
-            self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        if self._state != _HEAD:
-            return
-        status = self._parser.get_status_code()
-        if status < 200 and status != 101:
-            # Interim (100 Continue, 103 Early Hints): the final response follows.
-            self._interim = True
-            self.headers = []
-            return
-        self.status = status
-        self._state = _BODY
-        self._cancel_timer()
-        if self._head_only or status in (204, 304):
-            self._finish(self._parser.should_keep_alive())
-        elif status == 101:
-            self._finish(False)  # the connection now speaks another protocol
-        _wake(self._waiter)
-
-    def on_body(self, body: bytes) -> None:
-        if self._state != _BODY:
-            self._keep_alive = False  # bytes where no body belongs (e.g. after a HEAD answer)
-            return
-        self._chunks.append(body)
-        self._buffered += len(body)
-        conn = self._conn
-        if self._buffered > _PAUSE_ABOVE and conn is not None and not conn.reading_paused:
-            conn.reading_paused = True
-            conn.transport.pause_reading()
-        _wake(self._waiter)
-
-    def on_message_complete(self) -> None:
-        if self._interim:
-            self._interim = False
-        elif self._state == _BODY:
-            self._finish(self._parser.should_keep_alive())
-
-    # -- connection events -----------------------------------------------------------------
-
-    def feed(self, data: bytes) -> None:
-        self._received = True
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            pass  # a 101: the exchange already ended at its head
-        except httptools.HttpParserError as exc:
-            if self._state == _HEAD:
-                self._fail(
-                    UpstreamUnavailable("The worker's upstream sent a malformed response"), exc
-                )
-            elif self._state == _BODY:
-                self._fail(UpstreamBodyError("The upstream sent a malformed response body"), exc)
-            else:
-                self._keep_alive = False
-        if self._state == _DONE:
-            self._settle()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._state == _HEAD:
-            if self._reused and not self._received:
-                error: BaseException = _Stale("The idle upstream connection was closed")
-            else:
-                error = UpstreamUnavailable("The worker's upstream closed the connection")
-            self._fail(error, exc)
-        elif self._state == _BODY:
-            if exc is None and _reads_until_close(self.headers):
-                self._finish(False)
-                self._settle()
-            else:
-                self._fail(UpstreamBodyError("The upstream response body was cut short"), exc)
-
-    # -- request side ----------------------------------------------------------------------
-
-    def start(self, head: bytes, body: RequestBody | None, response_timeout: float) -> None:
-        conn = self._conn
-        assert conn is not None
-        conn.exchange = self
-        conn.transport.write(head)
-        if body is None:
-            self._timed = True
-            self._deadlines.add(self, response_timeout)
-        else:
-            self._body_sent = False
-            self._body_task = self._loop.create_task(self._send_body(body, response_timeout))
-
-    async def wait_head(self) -> _Exchange:
-        if self._state == _HEAD:
-            waiter = self._waiter = self._loop.create_future()
-            try:
-                await waiter
-            except BaseException:
-                self._abandon()
-                raise
-            finally:
-                self._waiter = None
-        if not self.status:
-            assert self._error is not None
-            raise self._error
-        return self
-
-    async def _send_body(self, body: RequestBody, response_timeout: float) -> None:
-        conn = self._conn
-        assert conn is not None
-        write = conn.transport.write
-        length = body.length
-        try:
-            async for chunk in body.chunks:
-                if not chunk:
-                    continue
-                size = len(chunk)
-                if length is None:
-                    if self._conn is not conn:
-                        return  # the exchange ended (answered early, failed or abandoned)
-                    write(b"".join((b"%x\r\n" % size, chunk, _CRLF)))
-                else:
-                    if body.sent + size > length:
-                        raise InvalidRequest("The request body is longer than its Content-Length")
-                    if self._conn is not conn:
-                        return
-                    write(chunk)
-                body.sent += size
-                if body.sent == length:
-                    # Sent in full before any await, so an answer that follows finds it so.
-                    self._body_done(response_timeout)
-                elif conn.write_paused:
-                    await self._drain(conn)
-            if length is None:
-                if self._conn is conn:
-                    write(_LAST_CHUNK)
-                    self._body_done(response_timeout)
-            elif body.sent < length:
-                raise InvalidRequest("The request body is shorter than its Content-Length")
-        except Exception as exc:
-            self._fail(exc)
-
-    async def _drain(self, conn: _Connection) -> None:
-        waiter = conn.drain_waiter = self._loop.create_future()
-        timer = self._loop.call_later(self._idle_timeout, self._on_send_stall)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            conn.drain_waiter = None
-
-    def _body_done(self, response_timeout: float) -> None:
-        self._body_sent = True
-        if self._state == _HEAD and self._conn is not None:
-            self._timed = True
-            self._deadlines.add(self, response_timeout)
-
-    # -- the response body -----------------------------------------------------------------
-
-    @property
-    def complete(self) -> bool:
-        return self._state == _DONE and not self._chunks
-
-    def body(self) -> _Exchange:
-        return self
-
-    def __aiter__(self) -> _Exchange:
-        return self
-
-    async def __anext__(self) -> bytes:
-        while True:
-            chunks = self._chunks
-            if chunks:
-                # One chunk at a time, as parsed: joining them would copy every byte once more.
-                data = chunks.popleft()
-                self._buffered -= len(data)
-                conn = self._conn
-                if conn is not None and conn.reading_paused and self._buffered <= _RESUME_BELOW:
-                    conn.reading_paused = False
-                    conn.transport.resume_reading()
-                return data
-            if self._state == _DONE:
-                raise StopAsyncIteration
-            if self._error is not None:
-                raise self._error
-            waiter = self._waiter = self._loop.create_future()
-            timer = self._loop.call_later(self._idle_timeout, self._on_body_idle)
-            try:
-                await waiter
-            except BaseException:
-                self._abandon()
-                raise
-            finally:
-                timer.cancel()
-                self._waiter = None
-
-    async def aclose(self) -> None:
-        self._abandon()
-        task = self._body_task
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait((task,))
-
-    # -- endings ---------------------------------------------------------------------------
-
-    def _finish(self, keep_alive: bool) -> None:
-        self._state = _DONE
-        self._keep_alive = keep_alive
-        _wake(self._waiter)
-
-    def _settle(self) -> None:
-        """After a complete response: pool the connection if it is clean, else close it."""
-        conn = self._conn
-        if conn is None:
-            return
-        self._conn = None
-        conn.exchange = None
-        # The parser and the exchange point at each other: break the cycle so the exchange
-        # is freed by reference counting, not by the cyclic collector (whose full passes
-        # under load were the p99).
-        self._parser = None
-        self._cancel_timer()
-        if self._keep_alive and self._body_sent and not conn.closed:
-            if conn.reading_paused:
-                conn.reading_paused = False
-                conn.transport.resume_reading()
-            conn.pool._checkin(conn)
-        else:
-            # Answered before the request body was fully sent: stop sending, never reuse.
-            conn.close(abort=not self._body_sent)
-            self._cancel_body()
-
-    def _fail(self, error: BaseException, cause: BaseException | None = None) -> None:
-        if self._state >= _DONE:
-            return
-        if cause is not None:
-            error.__cause__, error.__suppress_context__ = cause, True
-        self._state = _FAILED
-        self._error = error
-        self._parser = None  # see _settle: no reference cycle left behind
-        self._cancel_timer()
-        conn = self._conn
-        if conn is not None:
-            self._conn = None
-            conn.exchange = None
-            conn.close(abort=True)
-        self._cancel_body()
-        _wake(self._waiter)
-
-    def _abandon(self) -> None:
-        if self._state < _DONE:
-            self._fail(UpstreamBodyError("The response was closed before it finished"))
-
-    def on_response_timeout(self) -> None:
-        self._timed = False
-        if self._state == _HEAD:
-            self._fail(UpstreamTimeout())
-
-    def _on_send_stall(self) -> None:
-        if self._state == _HEAD:
-            self._fail(UpstreamTimeout("The worker's upstream stopped reading the request body"))
-        else:
-            self._fail(UpstreamBodyError("The upstream stopped reading the request body"))
-
-    def _on_body_idle(self) -> None:
-        self._fail(UpstreamBodyError("The upstream stopped sending the response body"))
-
-    def _cancel_timer(self) -> None:
-        if self._timed:
-            self._timed = False
-            self._deadlines.discard(self)
-
-    def _cancel_body(self) -> None:
-        task = self._body_task
-        if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
 
 
 class H1Pool:
@@ -502,14 +146,14 @@ class H1Pool:
         self._max_idle = max_idle_per_origin
         self._idle_timeout = idle_timeout
         self._ssl_context = ssl_context
-        self._idle: dict[Origin, list[_Connection]] = {}
+        self._idle: dict[Origin, list[Connection]] = {}
         self._closed = False
-        self._deadlines: _Deadlines | None = None
+        self._deadlines: Deadlines | None = None
 
-    def _deadlines_for(self, loop: asyncio.AbstractEventLoop) -> _Deadlines:
+    def _deadlines_for(self, loop: asyncio.AbstractEventLoop) -> Deadlines:
         deadlines = self._deadlines
         if deadlines is None or deadlines._loop is not loop:
-            deadlines = self._deadlines = _Deadlines(loop)
+            deadlines = self._deadlines = Deadlines(loop)
         return deadlines
 
     async def request(
@@ -534,17 +178,17 @@ class H1Pool:
         head_only = method == b"HEAD"
         conn = self._checkout(origin)
         if conn is not None:
-            exchange = _Exchange(conn, head_only=head_only, reused=True, idle_timeout=idle_timeout)
+            exchange = H1Exchange(conn, head_only=head_only, reused=True, idle_timeout=idle_timeout)
             exchange.start(head, body, response_timeout)
             try:
                 return await exchange.wait_head()
-            except _Stale as exc:
+            except StaleConnection as exc:
                 if body is not None or method not in _IDEMPOTENT:
                     raise UpstreamUnavailable(
                         "The worker's upstream closed the connection"
                     ) from exc
         conn = await self._connect(origin, connect_timeout)
-        exchange = _Exchange(conn, head_only=head_only, reused=False, idle_timeout=idle_timeout)
+        exchange = H1Exchange(conn, head_only=head_only, reused=False, idle_timeout=idle_timeout)
         exchange.start(head, body, response_timeout)
         return await exchange.wait_head()
 
@@ -562,9 +206,9 @@ class H1Pool:
         if waiters:
             await asyncio.wait(waiters)
 
-    async def _connect(self, origin: Origin, connect_timeout: float) -> _Connection:
+    async def _connect(self, origin: Origin, connect_timeout: float) -> Connection:
         loop = asyncio.get_running_loop()
-        conn = _Connection(self, origin, loop)
+        conn = Connection(self, origin, loop)
         context = None
         if origin.scheme == "https":
             if self._ssl_context is None:
@@ -587,7 +231,7 @@ class H1Pool:
             raise UpstreamConnectFailed("Could not connect to the worker's upstream") from exc
         return conn
 
-    def _checkout(self, origin: Origin) -> _Connection | None:
+    def _checkout(self, origin: Origin) -> Connection | None:
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
@@ -602,7 +246,7 @@ class H1Pool:
             return conn
         return None
 
-    def _checkin(self, conn: _Connection) -> None:
+    def _checkin(self, conn: Connection) -> None:
         if self._closed or self._max_idle <= 0:
             conn.close()
             return
@@ -616,23 +260,7 @@ class H1Pool:
             idle.pop(0).close()
         idle.append(conn)
 
-    def _forget(self, conn: _Connection) -> None:
+    def _forget(self, conn: Connection) -> None:
         idle = self._idle.get(conn.origin)
         if idle is not None and conn in idle:
             idle.remove(conn)
-
-
-def _wake(waiter: asyncio.Future[None] | None) -> None:
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
-
-
-def _reads_until_close(headers: Headers) -> bool:
-    """Whether a response's body is delimited by the end of the connection (RFC 9112 6.3)."""
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == b"content-length":
-            return False
-        if lowered == b"transfer-encoding" and value.lower().rstrip().endswith(b"chunked"):
-            return False
-    return True

@@ -1,32 +1,8 @@
-"""The dispatcher's HTTP/1.1 server protocol: uvicorn's server loop, a leaner request cycle.
-
-uvicorn runs the process (sockets, workers, signals, lifespan, graceful shutdown) and hands
-each connection to the protocol class named by its ``http`` option; this is that class, used
-by ``dispatcher serve`` in place of uvicorn's own ``httptools`` protocol (``http_server =
-"uvicorn"`` switches back). The application it runs is still plain ASGI 3; only the cost of
-each request differs, which matters when every request of every tenant passes through:
-
-- the response head is not written on ``http.response.start`` but together with the first
-  body bytes: a small response leaves in one ``write`` instead of two. A head whose body does
-  not follow in the same turn of the event loop (server-sent events, a slow upstream) is
-  flushed at the end of that turn, so streaming clients still see it at once;
-- header names and values are not matched against regular expressions one by one; the
-  rendered head is checked once for stray CR or LF (the response-splitting guard);
-- no ``asyncio.Event`` per request (a future only when ``receive`` must wait), no keep-alive
-  timer per request (one per connection, re-armed only when it fires), a request body chunk
-  is passed on without copying it into a ``bytearray`` first.
-
-Everything else follows uvicorn's protocol: keep-alive, pipelining (one request at a time,
-reading paused meanwhile), ``Expect: 100-continue``, flow control both ways, WebSocket upgrades
-handed to uvicorn's WebSocket protocol, ``limit_concurrency``, graceful shutdown. A request
-head larger than uvicorn's ``h11_max_incomplete_event_size`` is answered 431, a malformed one
-400, both in the dispatcher's JSON error shape, and the connection is closed.
-"""
+"""The connection: parsing requests, keep-alive, pipelining, limits, WebSocket hand-over."""
 
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
 from collections import deque
 from typing import Any, Final
@@ -34,249 +10,26 @@ from urllib.parse import unquote
 
 import httptools
 from uvicorn.config import Config
-from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavailable
+from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 from uvicorn.server import ServerState
 
 from dispatcher.errors import DispatcherError, HeadersTooLarge, InvalidRequest
+from dispatcher.h1server.cycle import CLOSE_HEADER, STATUS_LINES, Cycle, Message, tokens
 from dispatcher.proxy.headers import RequestIds
 from dispatcher.responses import error_body, error_head
 
 __all__ = ["H1Protocol"]
-
-Message = dict[str, Any]
 
 _log = logging.getLogger("uvicorn.error")
 _ids = RequestIds()
 
 _CRLF: Final = b"\r\n"
 _SEP: Final = b": "
-_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-_LAST_CHUNK: Final = b"0\r\n\r\n"
-_CHUNKED_HEADER: Final = b"transfer-encoding: chunked\r\n"
-_CLOSE_HEADER: Final = b"connection: close\r\n"
-_NO_BODY_STATUS: Final = frozenset((204, 304))
-_FRAMING: Final = frozenset((b"content-length", b"transfer-encoding", b"connection"))
-
-
-def _status_line(status: int) -> bytes:
-    try:
-        phrase = http.HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        phrase = b""
-    return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
-
-
-_STATUS_LINES: Final = {status: _status_line(status) for status in range(100, 600)}
-
-
-def _tokens(value: bytes) -> list[bytes]:
-    """The lowercased tokens of a comma-separated header value (``Connection``)."""
-    return [token.strip() for token in value.lower().split(b",")]
 
 
 class _HeadTooLarge(Exception):
     """Raised from a parser callback: the request head passed the size limit."""
-
-
-class _Cycle:
-    """One request and its response: the ``receive`` and ``send`` the application gets."""
-
-    __slots__ = (
-        "_buffered",
-        "_chunked",
-        "_chunks",
-        "_delivered",
-        "_expect_100",
-        "_head",
-        "_head_only",
-        "_remaining",
-        "_waiter",
-        "complete",
-        "conn",
-        "disconnected",
-        "keep_alive",
-        "more_body",
-        "scope",
-        "started",
-        "task",
-    )
-
-    def __init__(
-        self, conn: H1Protocol, scope: Message, *, keep_alive: bool, expect_100: bool
-    ) -> None:
-        self.conn = conn
-        self.scope = scope
-        self.keep_alive = keep_alive
-        self.task: asyncio.Task[None] | None = None
-        self.disconnected = False
-        self.started = False
-        self.complete = False
-        self.more_body = True
-        self._expect_100 = expect_100
-        self._head_only = scope["method"] == "HEAD"
-        self._chunks: list[bytes] = []
-        self._buffered = 0
-        self._delivered = False  # the last part of the request body went to the application
-        self._waiter: asyncio.Future[None] | None = None
-        self._head: bytes | None = None
-        self._chunked = False
-        self._remaining = -1  # Content-Length bytes still to send; -1 when not framed by it
-
-    # -- events from the connection ---------------------------------------------------------
-
-    def body_received(self, body: bytes) -> None:
-        self._chunks.append(body)
-        self._buffered += len(body)
-        if self._buffered > HIGH_WATER_LIMIT:
-            self.conn.pause_reading()
-        self.wake()
-
-    def wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    # -- ASGI ------------------------------------------------------------------------------
-
-    async def receive(self) -> Message:
-        conn = self.conn
-        if self._expect_100:
-            self._expect_100 = False
-            if not conn.transport.is_closing():
-                conn.transport.write(_CONTINUE)
-        while True:
-            if self.disconnected or self.complete:
-                return {"type": "http.disconnect"}
-            chunks = self._chunks
-            if chunks or not (self.more_body or self._delivered):
-                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
-                self._buffered = 0
-                more_body = self.more_body
-                self._delivered = not more_body  # afterwards, wait for the disconnect
-                conn.resume_reading()
-                return {"type": "http.request", "body": body, "more_body": more_body}
-            conn.resume_reading()
-            waiter = self._waiter = conn.loop.create_future()
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-
-    async def send(self, message: Message) -> None:
-        conn = self.conn
-        if conn.write_paused and not self.disconnected:
-            await conn.drain()
-        if self.disconnected:
-            return
-        kind = message["type"]
-        if not self.started:
-            if kind != "http.response.start":
-                raise RuntimeError(f"Expected ASGI message 'http.response.start', got '{kind}'")
-            # Rendered first: a head refused here leaves room for the 500.
-            self._head = self._render_head(message["status"], message.get("headers", ()))
-            self.started = True
-            self._expect_100 = False
-            conn.loop.call_soon(self._flush_head)
-            return
-        if self.complete:
-            raise RuntimeError(f"Unexpected ASGI message '{kind}' after the response completed")
-        if kind != "http.response.body":
-            raise RuntimeError(f"Expected ASGI message 'http.response.body', got '{kind}'")
-        body: bytes = message.get("body", b"")
-        more_body: bool = message.get("more_body", False)
-        if self._head_only:
-            body = b""
-        elif self._chunked:
-            if body:
-                body = b"%x\r\n%b\r\n" % (len(body), body)
-            if not more_body:
-                body += _LAST_CHUNK
-        elif self._remaining >= 0:
-            self._remaining -= len(body)
-            if self._remaining < 0:
-                raise RuntimeError("Response content longer than Content-Length")
-        head = self._head
-        if head is not None:
-            self._head = None
-            body = head + body if body else head
-        if body:
-            conn.transport.write(body)
-        if not more_body:
-            if self._remaining > 0:
-                raise RuntimeError("Response content shorter than Content-Length")
-            self.complete = True
-            self.wake()
-            if not self.keep_alive:
-                conn.transport.close()
-            conn.response_complete(self)
-
-    def _flush_head(self) -> None:
-        head = self._head
-        if head is not None and not self.disconnected:
-            self._head = None
-            self.conn.transport.write(head)
-
-    def _render_head(self, status: int, headers: Any) -> bytes:
-        line = _STATUS_LINES.get(status)
-        if line is None:
-            raise RuntimeError(f"Invalid HTTP status code {status!r}")
-        defaults = self.conn.default_headers
-        if defaults:
-            headers = [*defaults, *headers]
-        elif type(headers) is not list:
-            headers = list(headers)  # walked twice below
-        self._chunked, self._remaining = False, -1
-        framed = self._head_only
-        if status in _NO_BODY_STATUS or status < 200:
-            framed, self._remaining = True, 0  # no body allowed, whatever the headers say
-        close_sent = False
-        for name, value in headers:
-            lowered = name.lower()
-            if lowered not in _FRAMING:
-                continue
-            if lowered == b"content-length":
-                if not framed:
-                    framed = True
-                    self._remaining = int(value)
-            elif lowered == b"transfer-encoding":
-                if value.lower() == b"chunked" and not framed:
-                    framed = self._chunked = True
-            elif b"close" in _tokens(value):  # Connection
-                self.keep_alive = False
-                close_sent = True
-        extra = b""
-        if not framed:
-            if self.scope["http_version"] == "1.0":
-                self.keep_alive = False  # HTTP/1.0 has no chunked coding: the close ends it
-            else:
-                self._chunked = True
-                extra = _CHUNKED_HEADER
-        if not self.keep_alive and not close_sent:
-            extra += _CLOSE_HEADER
-        lines = b"\r\n".join([b": ".join(header) for header in headers])
-        head = line + lines + b"\r\n" + extra + b"\r\n" if lines else line + extra + b"\r\n"
-        # The one check against response splitting: every CR and LF is a line end we wrote.
-        ends = len(headers) + 2 + extra.count(b"\n")
-        if head.count(b"\n") != ends or head.count(b"\r") != ends:
-            raise RuntimeError("Invalid HTTP header name or value (CR or LF inside)")
-        return head
-
-    async def send_500(self) -> None:
-        body = b"Internal Server Error"
-        await self.send(
-            {
-                "type": "http.response.start",
-                "status": 500,
-                "headers": [
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", b"%d" % len(body)),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await self.send({"type": "http.response.body", "body": body})
 
 
 class H1Protocol(asyncio.Protocol):
@@ -314,9 +67,9 @@ class H1Protocol(asyncio.Protocol):
         self.read_paused = False
         self.write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
-        self.cycle: _Cycle | None = None  # the request being answered
-        self.pipeline: deque[_Cycle] = deque()  # requests parsed behind it, in order
-        self._parsing: _Cycle | None = None  # the newest request: its body goes here
+        self.cycle: Cycle | None = None  # the request being answered
+        self.pipeline: deque[Cycle] = deque()  # requests parsed behind it, in order
+        self._parsing: Cycle | None = None  # the newest request: its body goes here
         self._idle_since = 0.0
         self._idle = True
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -448,7 +201,7 @@ class H1Protocol(asyncio.Protocol):
             "headers": self._headers,
             "state": self.app_state.copy(),
         }
-        cycle = _Cycle(
+        cycle = Cycle(
             self,
             scope,
             keep_alive=version != "1.0" and parser.should_keep_alive(),
@@ -478,7 +231,7 @@ class H1Protocol(asyncio.Protocol):
 
     # -- requests --------------------------------------------------------------------------
 
-    def _start(self, cycle: _Cycle) -> None:
+    def _start(self, cycle: Cycle) -> None:
         limit = self.limit_concurrency
         app = self.app
         if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
@@ -487,7 +240,7 @@ class H1Protocol(asyncio.Protocol):
         task = cycle.task = self.loop.create_task(self._run(cycle, app))
         self.tasks.add(task)
 
-    async def _run(self, cycle: _Cycle, app: Any) -> None:
+    async def _run(self, cycle: Cycle, app: Any) -> None:
         try:
             result = await app(cycle.scope, cycle.receive, cycle.send)
         except BaseException as exc:
@@ -511,7 +264,7 @@ class H1Protocol(asyncio.Protocol):
         finally:
             self.tasks.discard(cycle.task)
 
-    def response_complete(self, cycle: _Cycle) -> None:
+    def response_complete(self, cycle: Cycle) -> None:
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
@@ -589,10 +342,10 @@ class H1Protocol(asyncio.Protocol):
                     return
         request_id = _ids.new()
         body = error_body(error, request_id)
-        parts = [_STATUS_LINES[error.status]]
+        parts = [STATUS_LINES[error.status]]
         for name, value in error_head(error, request_id, len(body)):
             parts += (name, _SEP, value, _CRLF)
-        parts += (_CLOSE_HEADER, _CRLF, body)
+        parts += (CLOSE_HEADER, _CRLF, body)
         self.transport.write(b"".join(parts))
         self.transport.close()
 
@@ -603,7 +356,7 @@ class H1Protocol(asyncio.Protocol):
         upgrade = None
         for name, value in self._headers:
             if name == b"connection":
-                connection = _tokens(value)
+                connection = tokens(value)
             elif name == b"upgrade":
                 upgrade = value.lower()
         return upgrade == b"websocket" and b"upgrade" in connection
