@@ -184,14 +184,7 @@ class H1Exchange:
 
     async def wait_head(self) -> H1Exchange:
         if self._state == _HEAD:
-            waiter = self._waiter = self._loop.create_future()
-            try:
-                await waiter
-            except BaseException:
-                self._abandon()
-                raise
-            finally:
-                self._waiter = None
+            await self._wait()
         if not self.status:
             assert self._error is not None
             raise self._error
@@ -275,16 +268,22 @@ class H1Exchange:
                 raise StopAsyncIteration
             if self._error is not None:
                 raise self._error
-            waiter = self._waiter = self._loop.create_future()
             timer = self._loop.call_later(self._idle_timeout, self._on_body_idle)
             try:
-                await waiter
-            except BaseException:
-                self._abandon()
-                raise
+                await self._wait()
             finally:
                 timer.cancel()
-                self._waiter = None
+
+    async def _wait(self) -> None:
+        """Until the parser's next event; a wait given up (cancelled) ends the exchange."""
+        waiter = self._waiter = self._loop.create_future()
+        try:
+            await waiter
+        except BaseException:
+            self._abandon()
+            raise
+        finally:
+            self._waiter = None
 
     async def aclose(self) -> None:
         self._abandon()
