@@ -230,6 +230,17 @@ def ratio(stats: list[CaseStats], top: str, bottom: str, size: str) -> tuple[flo
     return a.rate / b.rate, a.cpu_us / b.cpu_us
 
 
+def paired_ratio(top: CaseStats, bottom: CaseStats) -> float:
+    """Median over rounds of the req/s ratio within each round.
+
+    The two cases of a round ran a few seconds apart, so a machine that is slower for a while
+    (other tenants) slows both: the ratio within a round drifts less than the ratio of medians.
+    """
+    return statistics.median(
+        a.rate / b.rate for a, b in zip(top.samples, bottom.samples, strict=False) if b.rate
+    )
+
+
 def _ratios_table(stats: list[CaseStats]) -> str:
     rows = []
     for label, top, bottom in _RATIOS:
@@ -237,16 +248,22 @@ def _ratios_table(stats: list[CaseStats]) -> str:
         for size in SIZES:
             a, b = _find(stats, top, size), _find(stats, bottom, size)
             if a is None or b is None:
-                row += ["-", "-", "-"]
+                row += ["-", "-", "-", "-"]
                 continue
             row.append(f"{a.rate / b.rate:.2f}")
+            row.append(f"{paired_ratio(a, b):.2f}")
             row.append(f"{a.best_rate / b.best_rate:.2f}")
             row.append(f"{a.cpu_us / b.cpu_us:.2f}")
-        if row[1:] != ["-"] * 6:
+        if row[1:] != ["-"] * 8:
             rows.append(row)
     header = ["ratio"]
     for label in SIZES.values():
-        header += [f"{label} req/s", f"{label} best req/s", f"{label} CPU/req"]
+        header += [
+            f"{label} req/s",
+            f"{label} req/s paired by round",
+            f"{label} best req/s",
+            f"{label} CPU/req",
+        ]
     return _table(header, rows)
 
 
@@ -368,7 +385,8 @@ def render(
         "`peak RSS`: VmHWM of the server process(es) after all rounds (one dispatcher process "
         "serves the subdomain, path and custom-domain targets). CPU per request leaves out the "
         "kernel's softirq time for loopback networking (for every server alike).",
-        "## Ratios (median req/s, best round's req/s, median server CPU per request)",
+        "## Ratios (median req/s, median of the per-round ratios, best round's req/s, median "
+        "server CPU per request)",
         _ratios_table(stats),
         "## Targets of the performance issue",
         _targets_table(stats, streams),
