@@ -38,6 +38,11 @@ def _status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
 
 
+#: Bodies up to this size are joined to the head and written in one piece (the copy is cheaper
+#: than a scatter-gather write); larger ones are written beside it.
+_JOIN_BELOW: Final = 16 * 1024
+
+
 STATUS_LINES: Final = {status: _status_line(status) for status in range(100, 600)}
 
 
@@ -167,7 +172,11 @@ class Cycle:
         head = self._head
         if head is not None:
             self._head = None
-            body = head + body if body else head
+            if len(body) > _JOIN_BELOW:
+                conn.transport.writelines((head, body))  # one writev, no copy of the body
+                body = b""
+            else:
+                body = head + body
         if body:
             conn.transport.write(body)
         if not more_body:
