@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
 import structlog
@@ -33,13 +33,13 @@ from dispatcher.hosts import normalize_host
 from dispatcher.logging import access_logger, batched_logs, bind_request_id
 from dispatcher.metrics import Metrics, StateReading
 from dispatcher.proxy._h1pool import H1Pool
-from dispatcher.proxy.headers import RequestIds, header_value
+from dispatcher.proxy.headers import HeaderPolicy, RequestIds, header_value
 from dispatcher.proxy.http import Exchange, Forwarder
 from dispatcher.proxy.transport import UpstreamTransport
+from dispatcher.proxy.upstreams import UpstreamSelector
 from dispatcher.proxy.websocket import WebSocketForwarder
 from dispatcher.responses import error_body, error_head, send_error
 from dispatcher.routing import (
-    DomainAnswer,
     Route,
     RoutingTable,
     resolve_control,
@@ -69,8 +69,18 @@ class Gateway:
         self.settings = settings
         self.ids = RequestIds()
         self.transport: UpstreamTransport = transport or H1Pool()
-        self.forwarder = Forwarder(settings, self.transport, self.ids)
-        self.websockets = WebSocketForwarder(settings, self.ids)
+        # One header policy and one upstream selector for both kinds of forwarding: the same
+        # rules, and a target that refused a connection is skipped by both.
+        policy = HeaderPolicy(
+            self.ids,
+            trusted_networks=settings.trusted_networks,
+            via_name=settings.via_name,
+            max_hops=settings.max_hops,
+            max_header_bytes=settings.max_header_bytes,
+        )
+        selector = UpstreamSelector()
+        self.forwarder = Forwarder(settings, self.transport, policy, selector)
+        self.websockets = WebSocketForwarder(settings, policy, selector)
         self.table = self._table(RegistrySnapshot(version=-1, workers=()))
         self.store: RegistryStore | None = None
         self.follower: RegistryFollower | None = None
@@ -102,14 +112,9 @@ class Gateway:
         cannot be known now (Caddy asks again later).
         """
         try:
-            host = normalize_host(domain)
-            if self.table.is_control_host(host):
-                return False
-            answer = await self._domain_answer(host)
-            resolve_tenant(host, b"/", b"", self.table, answer)
+            return await self._route(domain, b"/", b"", "GET") is not None
         except RoutingError:
             return False
-        return True
 
     def metrics_text(self) -> bytes:
         return self.metrics.render()
@@ -178,11 +183,11 @@ class Gateway:
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
-    async def _route(self, scope: Scope, host_header: bytes, method: str) -> Route | None:
+    async def _route(
+        self, host_header: str, raw_path: bytes, query: bytes, method: str
+    ) -> Route | None:
         """The route of a request, or ``None`` for the control plane (pure but for the cache)."""
-        host = normalize_host(host_header.decode("latin-1"))
-        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
-        query = scope["query_string"]
+        host = normalize_host(host_header)
         table = self.table
         if table.is_control_host(host):
             decision = resolve_control(raw_path, query, table, method=method)
@@ -192,11 +197,12 @@ class Gateway:
         answer = await self.domains.resolve(host) if cached is False else cached
         return resolve_tenant(host, raw_path, query, table, answer)
 
-    async def _domain_answer(self, host: str) -> DomainAnswer:
-        """The custom-domain registry's answer for ``host``; no await when it is cached."""
-        assert self.domains is not None, "lifespan has not run"
-        cached = self.domains.cached(host)
-        return await self.domains.resolve(host) if cached is False else cached
+    def _route_scope(
+        self, scope: Scope, host_header: bytes, method: str
+    ) -> Coroutine[Any, Any, Route | None]:
+        """``_route`` for an ASGI request (its coroutine as is: no extra layer per request)."""
+        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+        return self._route(host_header.decode("latin-1"), raw_path, scope["query_string"], method)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -204,7 +210,7 @@ class Gateway:
         host_header = header_value(scope["headers"], b"host") or b""
         self.metrics.in_flight += 1
         try:
-            route = await self._route(scope, host_header, scope["method"])
+            route = await self._route_scope(scope, host_header, scope["method"])
             if route is None:
                 await self._control(scope, receive, send, exchange)
             else:
@@ -223,7 +229,7 @@ class Gateway:
         exchange = Exchange()
         host_header = header_value(scope["headers"], b"host") or b""
         try:
-            route = await self._route(scope, host_header, "GET")
+            route = await self._route_scope(scope, host_header, "GET")
             if route is None:
                 raise NotFound("WebSockets are only forwarded to workers")
             await self.websockets.forward(scope, receive, send, route, exchange)

@@ -23,6 +23,7 @@ from dispatcher.errors import HeadersTooLarge, InvalidRequest, LoopDetected
 
 __all__ = [
     "HOP_BY_HOP",
+    "HeaderPolicy",
     "RequestHeaders",
     "RequestIds",
     "TrustPolicy",
@@ -249,6 +250,39 @@ def prepare_request_headers(
         (b"x-dispatch-route", context.route_kind.encode("ascii")),
     )
     return RequestHeaders(kept, content_length, chunked, rid, rid_bytes)
+
+
+class HeaderPolicy:
+    """``prepare_request_headers`` with the dispatcher's settings bound, shared by both
+    forwarders (HTTP and WebSocket), so they apply the same rules from the same trust cache."""
+
+    def __init__(
+        self,
+        ids: RequestIds,
+        *,
+        trusted_networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+        via_name: str,
+        max_hops: int,
+        max_header_bytes: int,
+    ) -> None:
+        self.ids = ids
+        self._trust = TrustPolicy(trusted_networks)
+        self._via_name = via_name.encode("ascii")
+        self._max_hops = max_hops
+        self._max_header_bytes = max_header_bytes
+
+    def prepare(
+        self, incoming: Iterable[tuple[bytes, bytes]], context: ForwardContext
+    ) -> RequestHeaders:
+        return prepare_request_headers(
+            incoming,
+            context,
+            trust=self._trust,
+            ids=self.ids,
+            via_name=self._via_name,
+            max_hops=self._max_hops,
+            max_header_bytes=self._max_header_bytes,
+        )
 
 
 def _content_length(values: list[bytes]) -> int | None:

@@ -23,12 +23,10 @@ from dispatcher.errors import PayloadTooLarge, UpstreamConnectFailed, WorkerOver
 from dispatcher.logging import bind_request_id
 from dispatcher.proxy.headers import (
     ForwardContext,
+    HeaderPolicy,
     RequestHeaders,
-    RequestIds,
-    TrustPolicy,
     filter_response_headers,
     header_value,
-    prepare_request_headers,
 )
 from dispatcher.proxy.transport import (
     RequestBody,
@@ -77,14 +75,16 @@ class Exchange:
 class Forwarder:
     """Forwards routed requests; owns nothing but per-worker counters (the transport is lent)."""
 
-    def __init__(self, settings: Settings, transport: UpstreamTransport, ids: RequestIds) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        transport: UpstreamTransport,
+        policy: HeaderPolicy,
+        selector: UpstreamSelector,
+    ) -> None:
         self._transport = transport
-        self._ids = ids
-        self._trust = TrustPolicy(settings.trusted_networks)
-        self._selector = UpstreamSelector()
-        self._via_name = settings.via_name.encode("ascii")
-        self._max_hops = settings.max_hops
-        self._max_header_bytes = settings.max_header_bytes
+        self._policy = policy
+        self._selector = selector
         self._max_body_bytes = settings.max_body_bytes
         self._max_concurrency = settings.max_concurrency
         self._upstream_timeout = settings.upstream_timeout
@@ -119,15 +119,7 @@ class Forwarder:
             route_kind=route.kind,
             prefix=route.prefix,
         )
-        prepared = prepare_request_headers(
-            scope["headers"],
-            context,
-            trust=self._trust,
-            ids=self._ids,
-            via_name=self._via_name,
-            max_hops=self._max_hops,
-            max_header_bytes=self._max_header_bytes,
-        )
+        prepared = self._policy.prepare(scope["headers"], context)
         exchange.request_id = prepared.request_id
         # Every log line emitted while handling this request (ours, uvicorn's) carries the id.
         bind_request_id(prepared.request_id)

@@ -52,11 +52,9 @@ from websockets.typing import Subprotocol
 from dispatcher.errors import InvalidRequest, UpstreamTimeout, UpstreamUnavailable
 from dispatcher.proxy.headers import (
     ForwardContext,
-    RequestIds,
-    TrustPolicy,
+    HeaderPolicy,
     filter_response_headers,
     header_value,
-    prepare_request_headers,
 )
 from dispatcher.proxy.http import Exchange
 from dispatcher.proxy.upstreams import Target, UpstreamSelector
@@ -105,18 +103,19 @@ class _Dial(connect):
 class WebSocketForwarder:
     """Forwards routed WebSocket sessions (the HTTP forwarder's twin for ``websocket`` scopes)."""
 
-    def __init__(self, settings: Settings, ids: RequestIds) -> None:
+    def __init__(
+        self, settings: Settings, policy: HeaderPolicy, selector: UpstreamSelector
+    ) -> None:
         self._settings = settings
-        self._ids = ids
-        self._trust = TrustPolicy(settings.trusted_networks)
-        self._selector = UpstreamSelector()
+        self._policy = policy
+        self._selector = selector
         self._tls: ssl.SSLContext | None = None
 
     async def forward(
         self, scope: Scope, receive: Receive, send: Send, route: Route, exchange: Exchange
     ) -> None:
         """Open the upstream session for ``scope`` and relay it until either side closes."""
-        settings, worker = self._settings, route.worker
+        worker = route.worker
         exchange.worker = worker.name
         exchange.route = route.kind
         targets = self._selector.candidates(worker)
@@ -129,15 +128,7 @@ class WebSocketForwarder:
             route_kind=route.kind,
             prefix=route.prefix,
         )
-        prepared = prepare_request_headers(
-            scope["headers"],
-            context,
-            trust=self._trust,
-            ids=self._ids,
-            via_name=settings.via_name.encode("ascii"),
-            max_hops=settings.max_hops,
-            max_header_bytes=settings.max_header_bytes,
-        )
+        prepared = self._policy.prepare(scope["headers"], context)
         exchange.request_id = prepared.request_id
         headers = [
             (name.decode("latin-1"), value.decode("latin-1"))

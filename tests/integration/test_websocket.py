@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -395,3 +396,17 @@ async def test_a_refused_connect_is_retried_on_the_next_upstream(ws_stack: WsSta
     for _ in range(3):  # round-robin starts on each target in turn
         async with ws_stack.session("multi.localhost") as ws:
             await hello(ws)
+
+
+async def test_a_target_refused_during_a_handshake_is_skipped_for_http_too(
+    ws_stack: WsStack,
+) -> None:
+    # One upstream selection for both kinds of forwarding: the refusal seen by a WebSocket
+    # handshake shows in /health/detailed, which reports the HTTP forwarder's view.
+    async with ws_stack.session("multi.localhost") as ws:
+        await hello(ws)
+    async with ws_stack.session("multi.localhost") as ws:  # one of the two tried the dead one
+        await hello(ws)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ws_stack.port}") as client:
+        health = (await client.get("/health/detailed", timeout=10)).json()
+    assert list(health["checks"]["upstreams"]["ejected"]) == ["http://127.0.0.1:9"]
