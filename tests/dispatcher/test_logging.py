@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import re
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -20,6 +21,29 @@ from dispatcher.logging import (
     bind_request_id,
     configure_logging,
 )
+
+Configure = Callable[[str], io.StringIO]
+
+
+@pytest.fixture
+def configure(monkeypatch: pytest.MonkeyPatch) -> Iterator[Configure]:
+    """``configure_logging(level info, format)`` writing to a fresh stdout, which it returns;
+    logging is put back afterwards. (Patched when called: pytest swaps stdout per phase.)"""
+
+    def configure_into(fmt: str) -> io.StringIO:
+        captured = io.StringIO()
+        monkeypatch.setattr("sys.stdout", captured)
+        root = logging.getLogger()
+        monkeypatch.setattr(root, "handlers", list(root.handlers))
+        monkeypatch.setattr(root, "level", root.level)
+        monkeypatch.setattr(logging.getLogger("uvicorn.access"), "disabled", False)
+        configure_logging("info", fmt)
+        return captured
+
+    yield configure_into
+    structlog.reset_defaults()
+    dispatcher_logging._batcher = None
+    dispatcher_logging._json_output = False
 
 
 def test_line_batcher_writes_at_once_unless_batching() -> None:
@@ -45,30 +69,19 @@ def test_a_full_batch_is_written_without_waiting() -> None:
 
 
 def test_json_lines_are_flushed_periodically_and_at_the_end(
-    monkeypatch: pytest.MonkeyPatch,
+    configure: Configure,
 ) -> None:
-    stream = io.StringIO()
-    monkeypatch.setattr("sys.stdout", stream)
-    root = logging.getLogger()
-    monkeypatch.setattr(root, "handlers", list(root.handlers))
-    monkeypatch.setattr(root, "level", root.level)
-    monkeypatch.setattr(logging.getLogger("uvicorn.access"), "disabled", False)
-    configure_logging("info", "json")
-    try:
+    stream = configure("json")
 
-        async def serve() -> tuple[str, str]:
-            async with batched_logs():
-                access_logger().write({"path": "/x", "status": 200})
-                held = stream.getvalue()
-                await asyncio.wait_for(_until(lambda: bool(stream.getvalue())), 5)
-                access_logger().write({"path": "/y", "status": 404})
-            return held, stream.getvalue()
+    async def serve() -> tuple[str, str]:
+        async with batched_logs():
+            access_logger().write({"path": "/x", "status": 200})
+            held = stream.getvalue()
+            await asyncio.wait_for(_until(lambda: bool(stream.getvalue())), 5)
+            access_logger().write({"path": "/y", "status": 404})
+        return held, stream.getvalue()
 
-        held, final = asyncio.run(serve())
-    finally:
-        structlog.reset_defaults()
-        dispatcher_logging._batcher = None
-        dispatcher_logging._json_output = False
+    held, final = asyncio.run(serve())
     assert held == ""  # batched: nothing written the moment it was logged
     lines = [json.loads(line) for line in final.splitlines()]
     assert [line["path"] for line in lines] == ["/x", "/y"]  # the last one flushed at exit
@@ -82,23 +95,12 @@ async def _until(condition: object) -> None:
 
 
 def test_the_fast_access_line_has_the_same_shape_as_structlogs(
-    monkeypatch: pytest.MonkeyPatch,
+    configure: Configure,
 ) -> None:
-    stream = io.StringIO()
-    monkeypatch.setattr("sys.stdout", stream)
-    root = logging.getLogger()
-    monkeypatch.setattr(root, "handlers", list(root.handlers))
-    monkeypatch.setattr(root, "level", root.level)
-    monkeypatch.setattr(logging.getLogger("uvicorn.access"), "disabled", False)
-    configure_logging("info", "json")
+    stream = configure("json")
     fields = {"request_id": "r1", "path": "/p", "status": 200, "worker": None}
-    try:
-        access_logger().write(dict(fields))  # the fast path
-        structlog.get_logger("x").info("request", **fields)  # the general path
-    finally:
-        structlog.reset_defaults()
-        dispatcher_logging._batcher = None
-        dispatcher_logging._json_output = False
+    access_logger().write(dict(fields))  # the fast path
+    structlog.get_logger("x").info("request", **fields)  # the general path
     fast, general = (json.loads(line) for line in stream.getvalue().splitlines())
     assert set(fast) == set(general)
     assert {k: v for k, v in fast.items() if k != "timestamp"} == {
@@ -106,34 +108,18 @@ def test_the_fast_access_line_has_the_same_shape_as_structlogs(
     }
 
 
-def test_console_format_is_for_humans(monkeypatch: pytest.MonkeyPatch) -> None:
-    stream = io.StringIO()
-    monkeypatch.setattr("sys.stdout", stream)
-    root = logging.getLogger()
-    monkeypatch.setattr(root, "handlers", list(root.handlers))
-    monkeypatch.setattr(root, "level", root.level)
-    monkeypatch.setattr(logging.getLogger("uvicorn.access"), "disabled", False)
-    configure_logging("info", "console")
-    try:
-        access_logger().write({"path": "/p", "status": 200})
-    finally:
-        structlog.reset_defaults()
-        dispatcher_logging._batcher = None
-        dispatcher_logging._json_output = False
+def test_console_format_is_for_humans(configure: Configure) -> None:
+    stream = configure("console")
+    access_logger().write({"path": "/p", "status": 200})
     (line,) = stream.getvalue().splitlines()
     assert not line.startswith("{")
     assert "request" in line and "path=/p" in line and "status=200" in line
 
 
 def test_bound_request_id_is_in_every_line_of_its_task_only(
-    monkeypatch: pytest.MonkeyPatch,
+    configure: Configure,
 ) -> None:
-    stream = io.StringIO()
-    monkeypatch.setattr("sys.stdout", stream)
-    root = logging.getLogger()
-    monkeypatch.setattr(root, "handlers", list(root.handlers))
-    monkeypatch.setattr(root, "level", root.level)
-    configure_logging("info", "json")
+    stream = configure("json")
 
     async def request(request_id: str) -> None:
         bind_request_id(request_id)
@@ -145,12 +131,7 @@ def test_bound_request_id_is_in_every_line_of_its_task_only(
         await asyncio.gather(request("r-one"), request("r-two"))
         structlog.get_logger("dispatcher").info("outside")
 
-    try:
-        asyncio.run(main())
-    finally:
-        structlog.reset_defaults()
-        dispatcher_logging._batcher = None
-        dispatcher_logging._json_output = False
+    asyncio.run(main())
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     ids = [(line["event"], line.get("request_id")) for line in lines]
     assert sorted(ids) == sorted(
