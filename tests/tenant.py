@@ -35,6 +35,19 @@ def pattern_bytes(n: int) -> bytes:
     return (PATTERN * (n // len(PATTERN) + 1))[:n]
 
 
+async def answer_lifespan(
+    receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]
+) -> None:
+    """The ASGI lifespan protocol of an app with nothing to start or stop."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        else:
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 class TenantApp:
     def __init__(self, name: str = "tenant") -> None:
         self.name = name
@@ -43,13 +56,8 @@ class TenantApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
+            return
         if scope["type"] == "websocket":
             await self._websocket(receive, send)
             return

@@ -98,10 +98,15 @@ def make_resolver(
 # --- single-flight --------------------------------------------------------------------------
 
 
-async def test_many_concurrent_misses_for_one_host_make_one_lookup(
-    registry: Registry, clock: Clock
+@pytest.mark.parametrize(
+    ("outage", "requests"),
+    [pytest.param(False, 1000, id="up"), pytest.param(True, 200, id="outage")],
+)
+async def test_concurrent_misses_for_one_host_make_one_lookup(
+    registry: Registry, clock: Clock, outage: bool, requests: int
 ) -> None:
     resolver = make_resolver(registry, clock)
+    registry.down = outage
     registry.gate = anyio.Event()
     answers: list[object] = []
 
@@ -109,35 +114,14 @@ async def test_many_concurrent_misses_for_one_host_make_one_lookup(
         answers.append(await resolver.resolve(HOST))
 
     async with anyio.create_task_group() as tg:
-        for _ in range(1000):
+        for _ in range(requests):
             tg.start_soon(ask)
         await anyio.wait_all_tasks_blocked()
         registry.gate.set()
 
     assert registry.calls == [HOST]
-    assert answers == [make_domain()] * 1000
+    assert answers == [UNAVAILABLE if outage else make_domain()] * requests
     assert resolver.queries == 1
-
-
-async def test_concurrent_misses_during_an_outage_make_one_lookup(
-    registry: Registry, clock: Clock
-) -> None:
-    resolver = make_resolver(registry, clock)
-    registry.down = True
-    registry.gate = anyio.Event()
-    answers: list[object] = []
-
-    async def ask() -> None:
-        answers.append(await resolver.resolve(HOST))
-
-    async with anyio.create_task_group() as tg:
-        for _ in range(200):
-            tg.start_soon(ask)
-        await anyio.wait_all_tasks_blocked()
-        registry.gate.set()
-
-    assert registry.calls == [HOST]
-    assert answers == [UNAVAILABLE] * 200
 
 
 async def test_concurrent_misses_for_different_hosts_make_one_lookup_each(

@@ -26,6 +26,7 @@ import pytest
 
 from dispatcher.h1server import H1Protocol
 from tests.servers import ThreadedServer, wait_until
+from tests.tenant import answer_lifespan
 
 H1 = "dispatcher.h1server:H1Protocol"
 
@@ -103,13 +104,8 @@ class App:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await answer_lifespan(receive, send)
+            return
         assert scope["type"] == "http"
         query = parse_qs(scope["query_string"].decode("latin-1"))
         key = query.get("key", [""])[0]
