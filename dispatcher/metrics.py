@@ -72,7 +72,7 @@ class _StateCollector(Collector):
         )
 
 
-class Metrics:
+class Metrics(Collector):
     """The dispatcher's metrics; ``observe`` is called once per request.
 
     The hot path only adds to plain integers (no lock, no metric object per request: the
@@ -93,7 +93,7 @@ class Metrics:
         self._duration_sums: dict[str, float] = {}
         self._upstream_errors: dict[str, int] = {}
         self.registry.register(_StateCollector(read_state))
-        self.registry.register(_RequestCollector(self))
+        self.registry.register(self)
 
     def observe(self, route: str, status: int, seconds: float, worker: str = "") -> None:
         status_class = _STATUS_CLASSES[status // 100 - 1] if 100 <= status < 600 else "5xx"
@@ -113,22 +113,15 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-
-class _RequestCollector(Collector):
-    """The request figures of a ``Metrics``, as Prometheus families."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
     def collect(self) -> Iterator[Metric]:
-        metrics = self._metrics
-        labels = ["route", "status_class", *(["worker"] if metrics._per_worker else [])]
+        """The request figures as Prometheus families (called by the registry when scraped)."""
+        labels = ["route", "status_class", *(["worker"] if self._per_worker else [])]
         requests = CounterMetricFamily(
             "dispatcher_requests",
             "Requests answered, by route kind and status class",
             labels=labels,
         )
-        for key, value in sorted(metrics._requests.items()):
+        for key, value in sorted(self._requests.items()):
             requests.add_metric(list(key), value)
         yield requests
         durations = HistogramMetricFamily(
@@ -136,11 +129,11 @@ class _RequestCollector(Collector):
             "Time from request start to the end of the response, by route kind",
             labels=["route"],
         )
-        bounds = [*(str(float(bound)) for bound in metrics.BUCKETS), "+Inf"]
-        for route, counts in sorted(metrics._durations.items()):
+        bounds = [*(str(float(bound)) for bound in self.BUCKETS), "+Inf"]
+        for route, counts in sorted(self._durations.items()):
             cumulative = list(accumulate(counts))
             durations.add_metric(
-                [route], list(zip(bounds, cumulative, strict=True)), metrics._duration_sums[route]
+                [route], list(zip(bounds, cumulative, strict=True)), self._duration_sums[route]
             )
         yield durations
         errors = CounterMetricFamily(
@@ -148,9 +141,9 @@ class _RequestCollector(Collector):
             "Upstream failures by kind (connect, timeout, body)",
             labels=["kind"],
         )
-        for kind, value in sorted(metrics._upstream_errors.items()):
+        for kind, value in sorted(self._upstream_errors.items()):
             errors.add_metric([kind], value)
         yield errors
         yield GaugeMetricFamily(
-            "dispatcher_requests_in_flight", "Requests being handled", value=metrics.in_flight
+            "dispatcher_requests_in_flight", "Requests being handled", value=self.in_flight
         )

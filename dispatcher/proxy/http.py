@@ -356,10 +356,6 @@ class _WatcherArming:
         self._handle = self._loop.call_later(_ARM_DELAY, self._tick) if self._old else None
 
 
-def _client_host(scope: Scope) -> bytes:
-    return header_value(scope["headers"], b"host") or b""
-
-
 async def _read_body(receive: Receive, limit: int, exchange: Exchange) -> AsyncIterator[bytes]:
     """The client's request body, chunk by chunk, counted against ``limit``."""
     while True:

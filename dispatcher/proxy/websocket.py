@@ -360,7 +360,3 @@ async def _stop(task: asyncio.Task[_Ending | None]) -> None:
 
 def _raw(headers: Headers) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.raw_items()]
-
-
-def _client_host(scope: Scope) -> bytes:
-    return header_value(scope["headers"], b"host") or b""
