@@ -342,7 +342,8 @@ class H1Exchange:
         if self._state < _DONE:
             self._fail(UpstreamBodyError("The response was closed before it finished"))
 
-    def on_response_timeout(self) -> None:
+    def expire(self) -> None:
+        """The response deadline passed (``CoarseTimers``)."""
         self._timed = False
         if self._state == _HEAD:
             self._fail(UpstreamTimeout())

@@ -32,45 +32,13 @@ from typing import Final, cast
 
 from dispatcher.errors import UpstreamConnectFailed, UpstreamUnavailable
 from dispatcher.proxy._h1exchange import H1Exchange, StaleConnection, wake
+from dispatcher.proxy.coarse import CoarseTimers
 from dispatcher.proxy.transport import Headers, Origin, RequestBody, UpstreamResponse
 
 __all__ = ["H1Pool"]
 
 # A proxy must not retry non-idempotent requests by itself (RFC 9112 section 9.3.1).
 _IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
-# Response timeouts are checked this often (seconds): they may fire this much late.
-_TICK: Final = 0.05
-
-
-class Deadlines:
-    """Response timeouts, checked on a coarse tick instead of one event-loop timer each.
-
-    Registering and clearing a deadline is a dict insert and delete; a timer handle made and
-    cancelled for every request cost ten times that. The tick runs only while deadlines exist.
-    """
-
-    __slots__ = ("_due", "_handle", "_loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._due: dict[H1Exchange, float] = {}
-        self._handle: asyncio.TimerHandle | None = None
-
-    def add(self, exchange: H1Exchange, timeout: float) -> None:
-        self._due[exchange] = self._loop.time() + timeout
-        if self._handle is None:
-            self._handle = self._loop.call_later(_TICK, self._tick)
-
-    def discard(self, exchange: H1Exchange) -> None:
-        self._due.pop(exchange, None)
-
-    def _tick(self) -> None:
-        now = self._loop.time()
-        due = self._due
-        for exchange in [exchange for exchange, when in due.items() if when <= now]:
-            del due[exchange]
-            exchange.on_response_timeout()
-        self._handle = self._loop.call_later(_TICK, self._tick) if due else None
 
 
 class Connection(asyncio.Protocol):
@@ -89,7 +57,7 @@ class Connection(asyncio.Protocol):
         self.drain_waiter: asyncio.Future[None] | None = None
         self.lost_waiter: asyncio.Future[None] | None = None
         self.idle_since = 0.0
-        self.deadlines = pool._deadlines_for(loop)
+        self.deadlines = pool._timers_for(loop)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -148,13 +116,13 @@ class H1Pool:
         self._ssl_context = ssl_context
         self._idle: dict[Origin, list[Connection]] = {}
         self._closed = False
-        self._deadlines: Deadlines | None = None
+        self._timers: CoarseTimers | None = None  # response deadlines
 
-    def _deadlines_for(self, loop: asyncio.AbstractEventLoop) -> Deadlines:
-        deadlines = self._deadlines
-        if deadlines is None or deadlines._loop is not loop:
-            deadlines = self._deadlines = Deadlines(loop)
-        return deadlines
+    def _timers_for(self, loop: asyncio.AbstractEventLoop) -> CoarseTimers:
+        timers = self._timers
+        if timers is None or timers.loop is not loop:
+            timers = self._timers = CoarseTimers(loop)
+        return timers
 
     async def request(
         self,

@@ -21,6 +21,7 @@ import structlog
 
 from dispatcher.errors import PayloadTooLarge, UpstreamConnectFailed, WorkerOverloaded
 from dispatcher.logging import bind_request_id
+from dispatcher.proxy.coarse import CoarseTimers
 from dispatcher.proxy.headers import (
     ForwardContext,
     HeaderPolicy,
@@ -46,7 +47,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 _log = structlog.get_logger("dispatcher.proxy")
 
-# How long an exchange runs (between one and two of these) before it starts watching for the
+# How long an exchange runs (plus up to one coarse tick) before it starts watching for the
 # client's disconnect. Slow ones (long polls, server-sent events, slow upstreams) are then
 # cancelled as soon as the client goes; fast ones finish first and cost no extra task.
 _ARM_DELAY = 0.05
@@ -91,13 +92,16 @@ class Forwarder:
         self._connect_timeout = settings.connect_timeout
         self._idle_timeout = settings.stream_idle_timeout
         self._inflight: dict[str, int] = {}
-        self._watchers: _WatcherArming | None = None
+        self._timers: CoarseTimers | None = None  # when watchers start
 
     def _watch(self, receive: Receive) -> _DisconnectWatcher:
-        arming = self._watchers
-        if arming is None:
-            arming = self._watchers = _WatcherArming(asyncio.get_running_loop())
-        return arming.watch(receive)
+        timers = self._timers
+        if timers is None:
+            timers = self._timers = CoarseTimers(asyncio.get_running_loop())
+        # current_task() given the loop: without it Python 3.11 makes a getpid() system call.
+        watcher = _DisconnectWatcher(receive, asyncio.current_task(timers.loop), timers)
+        timers.add(watcher, _ARM_DELAY)
+        return watcher
 
     async def forward(
         self, scope: Scope, receive: Receive, send: Send, route: Route, exchange: Exchange
@@ -282,16 +286,19 @@ class _DisconnectWatcher:
     """Cancels the forwarding task as soon as the client disconnects.
 
     Armed only while nothing else reads ``receive`` (no request body, or the body has been
-    read), so it is the sole reader. ``_WatcherArming`` starts it lazily: quick exchanges
-    (most of them) finish first and never pay for a task. ``stop()`` before the final send
-    keeps a late disconnect from cancelling an exchange that already finished.
+    read), so it is the sole reader. It starts lazily, when its coarse timer expires: quick
+    exchanges (most of them) finish first and never pay for a task. ``stop()`` before the
+    final send keeps a late disconnect from cancelling an exchange that already finished.
     """
 
-    __slots__ = ("_active", "_receive", "_target", "_task", "fired")
+    __slots__ = ("_active", "_receive", "_target", "_task", "_timers", "fired")
 
-    def __init__(self, receive: Receive, target: asyncio.Task[Any] | None) -> None:
+    def __init__(
+        self, receive: Receive, target: asyncio.Task[Any] | None, timers: CoarseTimers
+    ) -> None:
         self._receive = receive
         self._target = target
+        self._timers = timers
         self._task: asyncio.Task[None] | None = None
         self._active = True
         self.fired = False
@@ -300,9 +307,10 @@ class _DisconnectWatcher:
     def started(self) -> bool:
         return self._task is not None
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+    def expire(self) -> None:
+        """Still running after ``_ARM_DELAY``: start watching."""
         if self._active:
-            self._task = loop.create_task(self._watch())
+            self._task = self._timers.loop.create_task(self._watch())
 
     async def _watch(self) -> None:
         while True:
@@ -315,6 +323,7 @@ class _DisconnectWatcher:
 
     def stop(self) -> None:
         self._active = False
+        self._timers.discard(self)
 
     async def aclose(self) -> None:
         self.stop()
@@ -323,37 +332,6 @@ class _DisconnectWatcher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-class _WatcherArming:
-    """Starts the watchers of exchanges still running one to two ticks after they began.
-
-    One timer for the whole process instead of one per request: watchers made during a tick
-    wait in ``_young``, move to ``_old`` at the next tick and are started (if still active) at
-    the one after.
-    """
-
-    __slots__ = ("_handle", "_loop", "_old", "_young")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._young: list[_DisconnectWatcher] = []
-        self._old: list[_DisconnectWatcher] = []
-        self._handle: asyncio.TimerHandle | None = None
-
-    def watch(self, receive: Receive) -> _DisconnectWatcher:
-        # current_task() given the loop: without it Python 3.11 makes a getpid() system call.
-        watcher = _DisconnectWatcher(receive, asyncio.current_task(self._loop))
-        self._young.append(watcher)
-        if self._handle is None:
-            self._handle = self._loop.call_later(_ARM_DELAY, self._tick)
-        return watcher
-
-    def _tick(self) -> None:
-        old, self._old, self._young = self._old, self._young, []
-        for watcher in old:
-            watcher.start(self._loop)
-        self._handle = self._loop.call_later(_ARM_DELAY, self._tick) if self._old else None
 
 
 async def _read_body(receive: Receive, limit: int, exchange: Exchange) -> AsyncIterator[bytes]:

@@ -1007,9 +1007,9 @@ def test_response_deadlines_are_cleared_whatever_the_ending(run: Run) -> None:
                 await send(pool, up, target=b"/reset")
             with pytest.raises(UpstreamTimeout):
                 await send(pool, up, target=b"/hang", response_timeout=0.1)
-            deadlines = pool._deadlines
-            assert deadlines is not None
-            assert deadlines._due == {}  # nothing left behind to hold exchanges alive
+            timers = pool._timers
+            assert timers is not None
+            assert len(timers) == 0  # nothing left behind to hold exchanges alive
             await pool.aclose()
 
     run(main())
