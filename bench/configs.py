@@ -5,7 +5,9 @@
   keep-alive on with no per-connection request limit.
 - ``nginx_proxy``: nginx ``proxy_pass`` to the upstream with an upstream keep-alive pool,
   buffering in memory only (``proxy_max_temp_file_size 0``: no temp files, as a streaming proxy).
-- ``caddyfile``: Caddy ``reverse_proxy`` to the upstream, admin API and automatic HTTPS off.
+- ``caddyfile``: Caddy ``reverse_proxy`` to the upstream, admin API and automatic HTTPS off;
+  with ``access_log``, one JSON line per request on stdout (Caddy's ``log`` directive), as the
+  dispatcher writes at its default log level.
 
 Everything listens on 127.0.0.1 only; nginx runs in the foreground (``daemon off``) with its
 prefix, pid file, logs and temp paths inside the run's directory.
@@ -102,10 +104,17 @@ _CADDYFILE = Template(
 
 http://:$port {
 	bind 127.0.0.1
-	reverse_proxy 127.0.0.1:$upstream_port
+$log	reverse_proxy 127.0.0.1:$upstream_port
 }
 """
 )
+
+_CADDY_ACCESS_LOG = """\
+	log {
+		output stdout
+		format json
+	}
+"""
 
 
 def _nginx(prefix: Path, http: str) -> str:
@@ -142,8 +151,9 @@ def nginx_proxy(prefix: Path, port: int, upstream_port: int) -> Path:
     return path
 
 
-def caddyfile(directory: Path, port: int, upstream_port: int) -> Path:
+def caddyfile(directory: Path, port: int, upstream_port: int, *, access_log: bool) -> Path:
     """Write the Caddyfile of the Caddy reverse proxy; return its path."""
     path = directory / "Caddyfile"
-    path.write_text(_CADDYFILE.substitute(port=port, upstream_port=upstream_port))
+    log = _CADDY_ACCESS_LOG if access_log else ""
+    path.write_text(_CADDYFILE.substitute(port=port, upstream_port=upstream_port, log=log))
     return path

@@ -153,14 +153,16 @@ class Bench:
             conf = configs.nginx_proxy(prefix, port, self.upstream_port)
             argv = ["nginx", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
             self._start(key, argv, cpu=cpu, port=port)
-        elif key == "caddy":
-            home = self.work / "caddy"
+        elif key in ("caddy", "caddy-quiet"):
+            home = self.work / key
             home.mkdir()
-            caddyfile = configs.caddyfile(home, port, self.upstream_port)
+            logged = key == "caddy"
+            caddyfile = configs.caddyfile(home, port, self.upstream_port, access_log=logged)
             env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": str(home / "data")}
             env["XDG_CONFIG_HOME"] = str(home / "config")
             argv = ["caddy", "run", "--config", str(caddyfile), "--adapter", "caddyfile"]
-            self._start(key, argv, cpu=cpu, port=port, env=env)
+            # As the dispatcher's: the access log goes to stdout, which is thrown away.
+            self._start(key, argv, cpu=cpu, port=port, env=env, discard_stdout=logged)
         else:
             raise ValueError(f"unknown server {key!r}")
 

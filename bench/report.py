@@ -205,7 +205,8 @@ def _results_table(stats: list[CaseStats]) -> str:
 
 
 _RATIOS = (
-    ("dispatcher / Caddy", "dispatcher", "caddy"),
+    ("dispatcher / Caddy (both log each request)", "dispatcher", "caddy"),
+    ("dispatcher / Caddy (access logs off)", "dispatcher-quiet", "caddy-quiet"),
     ("dispatcher / nginx", "dispatcher", "nginx"),
     ("dispatcher / floor", "dispatcher", "floor"),
     ("aiohttp client / H1Pool", "dispatcher-aiohttp", "dispatcher"),
@@ -296,6 +297,13 @@ def _targets_table(stats: list[CaseStats], streams: list[StreamResult]) -> str:
         rows.append([figure, goal, measured, "", "met" if met else "**missed**"])
 
     add_ratio("100 B: dispatcher req/s / Caddy req/s", ">= 1.0", "dispatcher", "caddy", "small")
+    add_ratio(
+        "100 B, access logs off: dispatcher req/s / Caddy req/s",
+        ">= 1.0",
+        "dispatcher-quiet",
+        "caddy-quiet",
+        "small",
+    )
     if sub := _find(stats, "dispatcher", "small"):
         cpu = sub.cpu_us
         add("100 B: server CPU per proxied request", "<= 80 us", f"{cpu:.1f} us", cpu <= 80)

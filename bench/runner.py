@@ -9,7 +9,8 @@ The run, in order:
    custom domain ``bench.example.org`` (active), written with the ``dispatcher`` CLI;
 3. the servers under test, each pinned to the server core with ``taskset``: the dispatcher
    (``dispatcher serve``, one process), the dispatcher with aiohttp's client and with its
-   access log off (``bench.serve``), nginx, Caddy, and uvicorn with a hello world (the floor);
+   access log off (``bench.serve``), nginx, Caddy with and without its access log, and uvicorn
+   with a hello world (the floor);
 4. one checked request per case, a warm-up round per case, then ``--rounds`` rounds of
    ``wrk -t1 -c32 -d<duration>s --latency`` over all cases, round robin, wrk on the load core;
    server CPU from /proc before and after each round;
@@ -193,13 +194,15 @@ def _method(options: Options) -> str:
         "`PYTHONUNBUFFERED=1` as in the Dockerfile). "
         "nginx: 1 worker, `proxy_pass` with `keepalive 64`, default proxy buffers kept in "
         "memory (`proxy_max_temp_file_size 0`), no access log. Caddy: "
-        "`reverse_proxy` with its defaults, no access log (Go sizes GOMAXPROCS from the "
-        "affinity mask: 1). Floor: uvicorn (its own httptools protocol), same options, "
-        "answering itself; `floor-h1`: the same on the dispatcher's protocol; `proxy-floor`: a "
-        "bare ASGI proxy on the dispatcher's protocol and pool (`bench/floor.py`). req/s is the "
-        "median of the rounds (min-max beside it); p50/p99 and CPU per request are medians "
-        "of the per-round figures; CPU per request = (utime + stime of the server's "
-        "processes over the round, from /proc) / requests."
+        "`reverse_proxy` with its defaults, and a JSON access line per request on stdout "
+        "(`log { output stdout; format json }`, sent to /dev/null), as the dispatcher; "
+        "`caddy-quiet` without it, to compare with `dispatcher-quiet` (log level `warning`). "
+        "Go sizes GOMAXPROCS from the affinity mask: 1. Floor: uvicorn (its own httptools "
+        "protocol), same options, answering itself; `floor-h1`: the same on the dispatcher's "
+        "protocol; `proxy-floor`: a bare ASGI proxy on the dispatcher's protocol and pool "
+        "(`bench/floor.py`). req/s is the median of the rounds (min-max beside it); p50/p99 "
+        "and CPU per request are medians of the per-round figures; CPU per request = (utime "
+        "+ stime of the server's processes over the round, from /proc) / requests."
     )
 
 

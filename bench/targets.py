@@ -10,7 +10,12 @@ how the request is routed to the same worker ``bench`` (upstream: the nginx upst
 - ``dispatcher-aiohttp``: the subdomain route through a dispatcher using aiohttp's client;
 - ``dispatcher-quiet``: the subdomain route with ``log_level=warning`` (no access line),
   to show what the one-line-per-request access log costs;
-- ``nginx``, ``caddy``: the reference reverse proxies; ``floor``: uvicorn answering itself;
+- ``caddy``: Caddy ``reverse_proxy`` writing one JSON access line per request (to stdout, thrown
+  away), as the dispatcher does at its default log level: the like-for-like comparison;
+- ``caddy-quiet``: Caddy without an access log (its default), to compare with
+  ``dispatcher-quiet``;
+- ``nginx``: the reference the others are measured against (no access log);
+- ``floor``: uvicorn answering itself;
 - ``floor-h1``: the same hello world on the dispatcher's own server protocol;
 - ``proxy-floor``: a bare ASGI proxy on the dispatcher's server protocol and upstream pool, no
   routing, header policy, metrics or log (see ``bench.floor``): the architecture's floor.
@@ -77,7 +82,10 @@ TARGETS = {
             sizes=("small",),
         ),
         Target("nginx", "nginx proxy_pass", "nginx"),
-        Target("caddy", "Caddy reverse_proxy", "caddy"),
+        Target("caddy", "Caddy reverse_proxy, access log", "caddy"),
+        Target(
+            "caddy-quiet", "Caddy reverse_proxy, access log off", "caddy-quiet", sizes=("small",)
+        ),
         Target("floor", "uvicorn hello world (floor)", "floor"),
         Target("floor-h1", "hello world, dispatcher's server protocol", "floor-h1"),
         Target("proxy-floor", "bare proxy on the dispatcher's parts", "proxy-floor"),

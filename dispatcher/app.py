@@ -174,14 +174,17 @@ class Gateway:
 
     # -- ASGI ---------------------------------------------------------------------------------
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """The ASGI entry point: returns the handler's coroutine itself, so a request costs no
+        coroutine of its own here (nor a pass through it each time the request resumes)."""
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "websocket":
-            await self._websocket(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
+            return self._http(scope, receive, send)
+        if kind == "websocket":
+            return self._websocket(scope, receive, send)
+        if kind == "lifespan":
+            return self._lifespan(receive, send)
+        return _nothing()
 
     async def _route(
         self, host_header: str, raw_path: bytes, query: bytes, method: str
@@ -329,7 +332,7 @@ class Gateway:
                 "host": host_header.decode("latin-1"),
                 "path": scope["path"],
                 "status": exchange.status,
-                "duration_ms": round(duration * 1000, 3),
+                "duration_ms": round(duration * 1_000_000) / 1000,  # round(x, 3) costs 10x
                 "route": exchange.route or None,
                 "worker": exchange.worker or None,
                 "upstream": exchange.upstream or None,
@@ -417,3 +420,7 @@ class Gateway:
 def create_app(settings: Settings, *, transport: UpstreamTransport | None = None) -> Gateway:
     """The dispatcher ASGI app for ``settings`` (run it with uvicorn, lifespan on)."""
     return Gateway(settings, transport)
+
+
+async def _nothing() -> None:
+    """What the gateway does with an ASGI scope type it does not know."""

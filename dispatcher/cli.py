@@ -140,6 +140,8 @@ def server_options(settings: Settings) -> dict[str, Any]:
         # The largest request head the server accepts (431 above it): well above the
         # dispatcher's own max_header_bytes, so the dispatcher answers 431 itself first.
         "h11_max_incomplete_event_size": max(1 << 20, 4 * settings.max_header_bytes),
+        # Said, not guessed: the gateway's __call__ is a plain function returning a coroutine.
+        "interface": "asgi3",
         "ws": "websockets-sansio",  # supports the websocket.http.response denial extension
         "lifespan": "on",
         "log_config": None,

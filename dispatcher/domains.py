@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import structlog
-from cachetools import LRUCache
 
 from dispatcher.errors import RegistryUnavailable
 from dispatcher.routing import UNAVAILABLE, DomainAnswer
@@ -30,6 +30,34 @@ __all__ = ["CustomDomainResolver", "DomainLookup"]
 DomainLookup = Callable[[str], Awaitable[CustomDomain | None]]
 
 _log = structlog.get_logger("dispatcher.domains")
+
+
+_V = TypeVar("_V")
+
+
+class _LRU(OrderedDict[str, _V]):
+    """At most ``maxsize`` keys; storing one more forgets the least recently used.
+
+    Lookups are ``dict.get`` in C (cachetools' caches run Python code on every ``get``, and
+    this is on every request to a tenant host).
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__()
+        self.maxsize = maxsize
+
+    def use(self, key: str) -> _V | None:
+        """The value of ``key`` (now the most recently used), or ``None``."""
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+    def __setitem__(self, key: str, value: _V) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        if len(self) > self.maxsize:
+            self.popitem(last=False)
 
 
 @dataclass(slots=True)
@@ -56,8 +84,8 @@ class CustomDomainResolver:
         self._negative_ttl = negative_ttl
         self._error_ttl = error_ttl
         self._clock = clock
-        self._cache: LRUCache[str, _Entry] = LRUCache(maxsize=maxsize)
-        self._failed: LRUCache[str, float] = LRUCache(maxsize=min(maxsize, 10_000))
+        self._cache: _LRU[_Entry] = _LRU(maxsize)
+        self._failed: _LRU[float] = _LRU(min(maxsize, 10_000))
         self._inflight: dict[str, asyncio.Task[DomainAnswer]] = {}
         # Bumped by every invalidation: a lookup that started before it must not write its
         # (possibly outdated) answer into the cache.
@@ -79,7 +107,7 @@ class CustomDomainResolver:
 
         Synchronous so the hot path pays no ``await`` on a hit.
         """
-        entry = self._cache.get(host)
+        entry = self._cache.use(host)
         if entry is not None and entry.expires_at > self._clock():
             self.hits += 1
             return entry.answer

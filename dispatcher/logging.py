@@ -19,7 +19,7 @@ import logging
 import sys
 import time
 from collections.abc import AsyncIterator
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import orjson
 import structlog
@@ -175,18 +175,29 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
 
 _second = -1
 _second_text = ""
+_milli = -1
+_milli_text = ""
+#: "000".."999", for the milli- and microsecond digits ("Z" after the last three).
+_DIGITS: Final = tuple(f"{n:03d}" for n in range(1000))
+_LAST_DIGITS: Final = tuple(f"{n:03d}Z" for n in range(1000))
 
 
 def _now() -> str:
-    """Now, ISO 8601 UTC with microseconds; the part up to the second is formatted once a second."""
-    global _second, _second_text
-    ns = time.time_ns()
-    second = ns // 1_000_000_000
-    if second != _second:
-        _second = second
-        _second_text = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
-    # The microseconds zero-padded to six digits, without a format call (this is per request).
-    return _second_text + str(1_000_000 + ns // 1000 % 1_000_000)[1:] + "Z"
+    """Now, ISO 8601 UTC with microseconds.
+
+    Per request: the text up to the millisecond is made once a millisecond (up to the second,
+    once a second), the microseconds come from a table: no big-integer formatting per line.
+    """
+    global _second, _second_text, _milli, _milli_text
+    milli, micro = divmod(time.time_ns() // 1000, 1000)
+    if milli != _milli:
+        _milli = milli
+        second, fraction = divmod(milli, 1000)
+        if second != _second:
+            _second = second
+            _second_text = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        _milli_text = _second_text + _DIGITS[fraction]
+    return _milli_text + _LAST_DIGITS[micro]
 
 
 def _timestamp(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:

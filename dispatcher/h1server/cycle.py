@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+import weakref
 from typing import TYPE_CHECKING, Any, Final
 
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
@@ -18,7 +19,7 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 if TYPE_CHECKING:
     from dispatcher.h1server.protocol import H1Protocol
 
-__all__ = ["CLOSE_HEADER", "STATUS_LINES", "Cycle", "Message", "tokens"]
+__all__ = ["CLOSE_HEADER", "STATUS_LINES", "Cycle", "HeadFlusher", "Message", "tokens"]
 
 Message = dict[str, Any]
 
@@ -49,6 +50,42 @@ STATUS_LINES: Final = {status: _status_line(status) for status in range(100, 600
 def tokens(value: bytes) -> list[bytes]:
     """The lowercased tokens of a comma-separated header value (``Connection``)."""
     return [token.strip() for token in value.lower().split(b",")]
+
+
+class HeadFlusher:
+    """Writes the response heads whose body did not follow in the same loop turn, at its end.
+
+    One per event loop, shared by its connections: one loop callback per turn however many
+    responses started in it, instead of one per response.
+    """
+
+    __slots__ = ("_loop", "_pending")
+
+    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, HeadFlusher] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pending: list[Cycle] = []
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> HeadFlusher:
+        flusher = cls._by_loop.get(loop)
+        if flusher is None:
+            flusher = cls._by_loop[loop] = cls(loop)
+        return flusher
+
+    def add(self, cycle: Cycle) -> None:
+        pending = self._pending
+        if not pending:
+            self._loop.call_soon(self._flush)
+        pending.append(cycle)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for cycle in pending:
+            cycle.flush_head()
 
 
 class Cycle:
@@ -150,7 +187,7 @@ class Cycle:
             self._head = self._render_head(message["status"], message.get("headers", ()))
             self.started = True
             self._expect_100 = False
-            conn.loop.call_soon(self._flush_head)
+            conn.heads.add(self)
             return
         if self.complete:
             raise RuntimeError(f"Unexpected ASGI message '{kind}' after the response completed")
@@ -188,7 +225,7 @@ class Cycle:
                 conn.transport.close()
             conn.response_complete(self)
 
-    def _flush_head(self) -> None:
+    def flush_head(self) -> None:
         head = self._head
         if head is not None and not self.disconnected:
             self._head = None

@@ -15,7 +15,14 @@ from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 from uvicorn.server import ServerState
 
 from dispatcher.errors import DispatcherError, HeadersTooLarge, InvalidRequest
-from dispatcher.h1server.cycle import CLOSE_HEADER, STATUS_LINES, Cycle, Message, tokens
+from dispatcher.h1server.cycle import (
+    CLOSE_HEADER,
+    STATUS_LINES,
+    Cycle,
+    HeadFlusher,
+    Message,
+    tokens,
+)
 from dispatcher.proxy.headers import RequestIds
 from dispatcher.responses import error_body, error_head
 
@@ -47,6 +54,7 @@ class H1Protocol(asyncio.Protocol):
         self.config = config
         self.app = config.loaded_app
         self.loop = _loop or asyncio.get_event_loop()
+        self.heads = HeadFlusher.of(self.loop)
         self.server_state = server_state
         self.app_state = app_state
         self.connections = server_state.connections
@@ -163,7 +171,9 @@ class H1Protocol(asyncio.Protocol):
         if name == b"expect" and value.lower() == b"100-continue":
             self._expect_100 = True
         self._headers.append((name, value))
-        self._count_head(len(name) + len(value) + 4)
+        self._head_bytes += len(name) + len(value) + 4  # _count_head, inlined: per header
+        if self._head_bytes > self.head_limit:
+            raise _HeadTooLarge
 
     def _count_head(self, size: int) -> None:
         self._head_bytes += size

@@ -29,7 +29,6 @@ __all__ = [
     "TrustPolicy",
     "filter_response_headers",
     "header_value",
-    "prepare_request_headers",
 ]
 
 Headers = list[tuple[bytes, bytes]]
@@ -148,113 +147,10 @@ class ForwardContext:
     prefix: str
 
 
-def prepare_request_headers(
-    incoming: Iterable[tuple[bytes, bytes]],
-    context: ForwardContext,
-    *,
-    trust: TrustPolicy,
-    ids: RequestIds,
-    via_name: bytes,
-    max_hops: int,
-    max_header_bytes: int,
-) -> RequestHeaders:
-    """Build the upstream request headers from the client's (DESIGN.md, "Forwarding rules").
-
-    Raises ``HeadersTooLarge`` (431), ``InvalidRequest`` (bad framing headers) and
-    ``LoopDetected`` (508).
-    """
-    trusted = trust.trusts(context.peer)
-    kept: Headers = []
-    named: set[bytes] = set()
-    forwarded_for: list[bytes] = []
-    forwarded_proto: bytes | None = None
-    forwarded_host: bytes | None = None
-    via: list[bytes] = []
-    client_host: bytes = b""
-    request_id: bytes | None = None
-    lengths: list[bytes] = []
-    chunked = False
-    size = 0
-    for name, value in incoming:
-        size += len(name) + len(value) + 4
-        if name in HOP_BY_HOP:
-            if name == b"connection":
-                named.update(token.strip().lower() for token in value.split(b","))
-            elif name == b"transfer-encoding":
-                chunked = chunked or value.strip().lower().endswith(b"chunked")
-            continue
-        if name in _OURS:
-            if name == b"host":
-                client_host = value
-            elif name == b"x-request-id":
-                request_id = value if request_id is None else request_id
-            elif name == b"via":
-                via.append(value)
-            elif trusted:
-                if name == b"x-forwarded-for":
-                    forwarded_for.append(value)
-                elif name == b"x-forwarded-proto":
-                    forwarded_proto = value
-                elif name == b"x-forwarded-host":
-                    forwarded_host = value
-                elif name == b"forwarded":
-                    kept.append((name, value))
-            continue
-        if name.startswith(b"x-dispatch-"):
-            continue
-        if name == b"content-length":
-            lengths.append(value)
-            if len(lengths) > 1:
-                continue  # identical duplicates are folded into one (checked below)
-        kept.append((name, value))
-    if size > max_header_bytes:
-        raise HeadersTooLarge(f"Request headers exceed {max_header_bytes} bytes")
-    named -= _CONNECTION_PROTECTED
-    if named:
-        kept = [(name, value) for name, value in kept if name not in named]
-
-    content_length = _content_length(lengths)
-    if len(lengths) > 1 or (lengths and lengths[0].strip() != lengths[0]):
-        kept = [(n, v) for n, v in kept if n != b"content-length"]
-        kept.append((b"content-length", str(content_length).encode("ascii")))
-    if chunked and content_length is not None:
-        # RFC 9112 section 6.3: Transfer-Encoding wins; never forward both.
-        kept = [(name, value) for name, value in kept if name != b"content-length"]
-        content_length = None
-    if chunked:
-        kept.append((b"transfer-encoding", b"chunked"))
-
-    token = b"1.1 " + via_name
-    if via:
-        hops = sum(1 for value in via for entry in value.split(b",") if entry.strip() == token)
-        if hops >= max_hops:
-            raise LoopDetected("This request has passed through the dispatcher too many times")
-        via.append(token)
-        token = b", ".join(via)
-
-    rid = ids.pick(request_id)
-    rid_bytes = rid.encode("ascii")
-    peer = (context.peer or "").encode("ascii", "replace")
-    chain = b", ".join(forwarded_for) + b", " + peer if forwarded_for else peer
-    kept.append((b"host", context.host_header))
-    if chain:
-        kept.append((b"x-forwarded-for", chain))
-    if context.prefix:
-        kept.append((b"x-forwarded-prefix", context.prefix.encode("ascii")))
-    kept += (
-        (b"x-forwarded-proto", forwarded_proto or context.scheme.encode("ascii")),
-        (b"x-forwarded-host", forwarded_host or client_host),
-        (b"via", token),
-        (b"x-request-id", rid_bytes),
-        (b"x-dispatch-worker", context.worker.encode("ascii")),
-        (b"x-dispatch-route", context.route_kind.encode("ascii")),
-    )
-    return RequestHeaders(kept, content_length, chunked, rid, rid_bytes)
-
-
 class HeaderPolicy:
-    """``prepare_request_headers`` with the dispatcher's settings bound, shared by both
-    forwarders (HTTP and WebSocket), so they apply the same rules from the same trust cache."""
+    """Builds the upstream request headers from the client's (DESIGN.md, "Forwarding rules")
+    with the dispatcher's settings; shared by both forwarders (HTTP and WebSocket), so they
+    apply the same rules from the same trust cache."""
 
     def __init__(
         self,
@@ -267,22 +163,106 @@ class HeaderPolicy:
     ) -> None:
         self.ids = ids
         self._trust = TrustPolicy(trusted_networks)
-        self._via_name = via_name.encode("ascii")
+        self._via_token = b"1.1 " + via_name.encode("ascii")
         self._max_hops = max_hops
         self._max_header_bytes = max_header_bytes
 
     def prepare(
         self, incoming: Iterable[tuple[bytes, bytes]], context: ForwardContext
     ) -> RequestHeaders:
-        return prepare_request_headers(
-            incoming,
-            context,
-            trust=self._trust,
-            ids=self.ids,
-            via_name=self._via_name,
-            max_hops=self._max_hops,
-            max_header_bytes=self._max_header_bytes,
+        """Raises ``HeadersTooLarge`` (431), ``InvalidRequest`` (bad framing headers) and
+        ``LoopDetected`` (508)."""
+        trusted = self._trust.trusts(context.peer)
+        kept: Headers = []
+        named: set[bytes] | None = None
+        forwarded_for: list[bytes] = []
+        forwarded_proto: bytes | None = None
+        forwarded_host: bytes | None = None
+        via: list[bytes] = []
+        client_host: bytes = b""
+        request_id: bytes | None = None
+        lengths: list[bytes] = []
+        chunked = False
+        size = 0
+        for name, value in incoming:
+            size += len(name) + len(value) + 4
+            if name in HOP_BY_HOP:
+                if name == b"connection":
+                    if named is None:
+                        named = set()
+                    named.update(token.strip().lower() for token in value.split(b","))
+                elif name == b"transfer-encoding":
+                    chunked = chunked or value.strip().lower().endswith(b"chunked")
+                continue
+            if name in _OURS:
+                if name == b"host":
+                    client_host = value
+                elif name == b"x-request-id":
+                    request_id = value if request_id is None else request_id
+                elif name == b"via":
+                    via.append(value)
+                elif trusted:
+                    if name == b"x-forwarded-for":
+                        forwarded_for.append(value)
+                    elif name == b"x-forwarded-proto":
+                        forwarded_proto = value
+                    elif name == b"x-forwarded-host":
+                        forwarded_host = value
+                    elif name == b"forwarded":
+                        kept.append((name, value))
+                continue
+            if name.startswith(b"x-dispatch-"):
+                continue
+            if name == b"content-length":
+                lengths.append(value)
+                if len(lengths) > 1:
+                    continue  # identical duplicates are folded into one (checked below)
+            kept.append((name, value))
+        if size > self._max_header_bytes:
+            raise HeadersTooLarge(f"Request headers exceed {self._max_header_bytes} bytes")
+        if named:
+            named -= _CONNECTION_PROTECTED
+            kept = [(name, value) for name, value in kept if name not in named]
+
+        content_length = None
+        if lengths:
+            content_length = _content_length(lengths)
+            if len(lengths) > 1 or lengths[0].strip() != lengths[0]:
+                kept = [(n, v) for n, v in kept if n != b"content-length"]
+                kept.append((b"content-length", str(content_length).encode("ascii")))
+            if chunked:
+                # RFC 9112 section 6.3: Transfer-Encoding wins; never forward both.
+                kept = [(name, value) for name, value in kept if name != b"content-length"]
+                content_length = None
+        if chunked:
+            kept.append((b"transfer-encoding", b"chunked"))
+
+        token = self._via_token
+        if via:
+            hops = sum(1 for value in via for entry in value.split(b",") if entry.strip() == token)
+            if hops >= self._max_hops:
+                raise LoopDetected("This request has passed through the dispatcher too many times")
+            via.append(token)
+            token = b", ".join(via)
+
+        rid = self.ids.pick(request_id)
+        rid_bytes = rid.encode("ascii")
+        peer = (context.peer or "").encode("ascii", "replace")
+        chain = b", ".join(forwarded_for) + b", " + peer if forwarded_for else peer
+        kept.append((b"host", context.host_header))
+        if chain:
+            kept.append((b"x-forwarded-for", chain))
+        if context.prefix:
+            kept.append((b"x-forwarded-prefix", context.prefix.encode("ascii")))
+        kept += (
+            (b"x-forwarded-proto", forwarded_proto or context.scheme.encode("ascii")),
+            (b"x-forwarded-host", forwarded_host or client_host),
+            (b"via", token),
+            (b"x-request-id", rid_bytes),
+            (b"x-dispatch-worker", context.worker.encode("ascii")),
+            (b"x-dispatch-route", context.route_kind.encode("ascii")),
         )
+        return RequestHeaders(kept, content_length, chunked, rid, rid_bytes)
 
 
 def _content_length(values: list[bytes]) -> int | None:

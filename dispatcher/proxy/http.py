@@ -106,62 +106,10 @@ class Forwarder:
     async def forward(
         self, scope: Scope, receive: Receive, send: Send, route: Route, exchange: Exchange
     ) -> None:
-        worker = route.worker
-        targets = self._selector.candidates(worker)
-        target = targets[0]
-        exchange.worker = worker.name
-        exchange.route = route.kind
-        exchange.upstream = target.url
-        client = scope.get("client")
-        context = ForwardContext(
-            peer=client[0] if client else None,
-            scheme=scope.get("scheme", "http"),
-            host_header=header_value(scope["headers"], b"host") or b""
-            if worker.preserve_host
-            else target.authority,
-            worker=worker.name,
-            route_kind=route.kind,
-            prefix=route.prefix,
-        )
-        prepared = self._policy.prepare(scope["headers"], context)
-        exchange.request_id = prepared.request_id
-        # Every log line emitted while handling this request (ours, uvicorn's) carries the id.
-        bind_request_id(prepared.request_id)
-        limit = worker.max_body_bytes
-        limit = self._max_body_bytes if limit is None else limit
-        if prepared.content_length is not None and prepared.content_length > limit:
-            raise PayloadTooLarge(f"Request body exceeds {limit} bytes")
-
-        name = worker.name
-        inflight = self._inflight.get(name, 0)
-        ceiling = worker.max_concurrency or self._max_concurrency
-        if inflight >= ceiling:
-            raise WorkerOverloaded(
-                f"Worker '{name}' has too many requests in flight", headers={"Retry-After": "1"}
-            )
-        self._inflight[name] = inflight + 1
-        try:
-            await self._exchange(scope, receive, send, route, prepared, targets, limit, exchange)
-        except ClientDisconnected:
-            exchange.status = 499  # nobody left to answer; the upstream exchange is closed
-        finally:
-            left = self._inflight[name] - 1
-            if left:
-                self._inflight[name] = left
-            else:
-                del self._inflight[name]
-
-    async def _exchange(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        route: Route,
-        prepared: RequestHeaders,
-        targets: list[Target],
-        limit: int,
-        exchange: Exchange,
-    ) -> None:
+        targets = self._selector.candidates(route.worker)
+        prepared, limit = self._admit(scope, route, targets[0], exchange)
+        name = exchange.worker
+        self._inflight[name] = self._inflight.get(name, 0) + 1
         body: RequestBody | None = None
         watcher: _DisconnectWatcher | None = None
         if prepared.chunked or prepared.content_length:
@@ -186,6 +134,8 @@ class Forwarder:
                 await self._stream_response(send, response, exchange, watcher)
             finally:
                 await response.aclose()
+        except ClientDisconnected:
+            exchange.status = 499  # nobody left to answer; the upstream exchange is closed
         except asyncio.CancelledError:
             if watcher is None or not watcher.fired:
                 raise
@@ -201,6 +151,46 @@ class Forwarder:
                     await watcher.aclose()
                 else:
                     watcher.stop()  # never started: nothing to wait for
+            left = self._inflight[name] - 1
+            if left:
+                self._inflight[name] = left
+            else:
+                del self._inflight[name]
+
+    def _admit(
+        self, scope: Scope, route: Route, target: Target, exchange: Exchange
+    ) -> tuple[RequestHeaders, int]:
+        """The upstream request headers and the body limit. Raises what refuses a request
+        before anything is sent (413, 431, 503 overloaded, 508...)."""
+        worker = route.worker
+        exchange.worker = worker.name
+        exchange.route = route.kind
+        exchange.upstream = target.url
+        client = scope.get("client")
+        context = ForwardContext(
+            peer=client[0] if client else None,
+            scheme=scope.get("scheme", "http"),
+            host_header=header_value(scope["headers"], b"host") or b""
+            if worker.preserve_host
+            else target.authority,
+            worker=worker.name,
+            route_kind=route.kind,
+            prefix=route.prefix,
+        )
+        prepared = self._policy.prepare(scope["headers"], context)
+        exchange.request_id = prepared.request_id
+        # Every log line emitted while handling this request (ours, uvicorn's) carries the id.
+        bind_request_id(prepared.request_id)
+        limit = worker.max_body_bytes
+        limit = self._max_body_bytes if limit is None else limit
+        if prepared.content_length is not None and prepared.content_length > limit:
+            raise PayloadTooLarge(f"Request body exceeds {limit} bytes")
+        if self._inflight.get(worker.name, 0) >= (worker.max_concurrency or self._max_concurrency):
+            raise WorkerOverloaded(
+                f"Worker '{worker.name}' has too many requests in flight",
+                headers={"Retry-After": "1"},
+            )
+        return prepared, limit
 
     async def _send_request(
         self,

@@ -4,7 +4,7 @@ The client side is pure ASGI; the upstream side is ``websockets``' asyncio clien
 transport: no redirects followed, no proxy from the environment, no compression (frames are relayed
 as they are; the server may still compress towards the client on its own hop).
 
-- Handshake: request headers follow the HTTP policy (``prepare_request_headers``), minus those the
+- Handshake: request headers follow the HTTP policy (``HeaderPolicy``), minus those the
   client library writes itself (``Host``, ``Sec-WebSocket-*``). The client's subprotocols are
   offered upstream and the client is accepted with the upstream's choice, plus the upstream's
   handshake headers (``Set-Cookie`` ...) and our ``X-Request-ID``.

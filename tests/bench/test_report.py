@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from bench import configs
 from bench.report import CaseStats, Sample, paired_ratio, ratio
 from bench.report import _targets_table as targets_table
 from bench.targets import TARGETS, Case
@@ -74,3 +77,29 @@ def test_targets_are_judged_on_both_figures() -> None:
     )
     assert lines["100 B: server CPU per proxied request"].endswith("| met |")
     assert lines["1 MiB: dispatcher req/s / Caddy req/s"].endswith("| met |")
+
+
+def test_access_logs_off_are_compared_with_each_other() -> None:
+    rows = targets_table(
+        [
+            _stats("dispatcher", "small", [100, 100, 100], [80, 80, 80]),
+            _stats("caddy", "small", [90, 90, 90], [90, 90, 90]),
+            _stats("dispatcher-quiet", "small", [110, 110, 110], [70, 70, 70]),
+            _stats("caddy-quiet", "small", [120, 120, 120], [65, 65, 65]),
+        ],
+        [],
+    )
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in rows.splitlines()}
+    assert lines["100 B: dispatcher req/s / Caddy req/s"].endswith("| met |")
+    quiet = lines["100 B, access logs off: dispatcher req/s / Caddy req/s"]
+    assert "| 0.92 | 0.93 |" in quiet  # 110/120 by req/s, 65/70 by CPU
+    assert quiet.endswith("| **missed** |")
+
+
+@pytest.mark.parametrize("access_log", [True, False])
+def test_caddy_logs_each_request_only_when_asked(tmp_path: Path, access_log: bool) -> None:
+    caddyfile = configs.caddyfile(tmp_path, 8080, 9090, access_log=access_log)
+    text = caddyfile.read_text()
+    assert "reverse_proxy 127.0.0.1:9090" in text
+    assert "bind 127.0.0.1" in text
+    assert ("output stdout" in text and "format json" in text) is access_log

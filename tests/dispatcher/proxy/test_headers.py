@@ -16,18 +16,18 @@ from dispatcher.errors import HeadersTooLarge, InvalidRequest, LoopDetected
 from dispatcher.proxy.headers import (
     HOP_BY_HOP,
     ForwardContext,
+    HeaderPolicy,
     RequestHeaders,
     RequestIds,
     TrustPolicy,
     filter_response_headers,
-    prepare_request_headers,
 )
 
 Headers = list[tuple[bytes, bytes]]
 
-TRUST = TrustPolicy(
+NETWORKS = [
     ipaddress.ip_network(net) for net in ("10.0.0.0/8", "127.0.0.1/32", "::1/128", "fd00::/8")
-)
+]
 UNTRUSTED_PEER = "203.0.113.7"
 TRUSTED_PEER = "10.0.0.5"
 REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,128}")
@@ -54,15 +54,14 @@ def prepare(
         route_kind=route_kind,
         prefix=prefix,
     )
-    return prepare_request_headers(
-        incoming,
-        context,
-        trust=TRUST,
-        ids=ids or RequestIds(),
-        via_name=via_name,
+    policy = HeaderPolicy(
+        ids or RequestIds(),
+        trusted_networks=NETWORKS,
+        via_name=via_name.decode("ascii"),
         max_hops=max_hops,
         max_header_bytes=max_header_bytes,
     )
+    return policy.prepare(incoming, context)
 
 
 def values(headers: Headers, name: bytes) -> list[bytes]:
@@ -636,8 +635,9 @@ def test_prepared_headers_always_carry_exactly_one_of_each_header_we_own(
 def test_trust_policy_trusts_only_peers_inside_its_networks(
     peer: str | None, expected: bool
 ) -> None:
-    assert TRUST.trusts(peer) is expected
-    assert TRUST.trusts(peer) is expected  # the memoised answer is the same
+    trust = TrustPolicy(NETWORKS)
+    assert trust.trusts(peer) is expected
+    assert trust.trusts(peer) is expected  # the memoised answer is the same
 
 
 def test_empty_trust_policy_trusts_nobody() -> None:
