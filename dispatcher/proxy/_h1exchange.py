@@ -252,7 +252,8 @@ class H1Exchange:
 
     @property
     def complete(self) -> bool:
-        return self._state == _DONE and not self._chunks
+        task = self._body_task
+        return self._state == _DONE and not self._chunks and (task is None or task.done())
 
     def body(self) -> H1Exchange:
         return self

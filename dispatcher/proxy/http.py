@@ -133,7 +133,8 @@ class Forwarder:
                     watcher = self._watch(receive)
                 await self._stream_response(send, response, exchange, watcher)
             finally:
-                await response.aclose()
+                if not response.complete:  # else there is nothing to release
+                    await response.aclose()
         except ClientDisconnected:
             exchange.status = 499  # nobody left to answer; the upstream exchange is closed
         except asyncio.CancelledError:

@@ -61,10 +61,12 @@ class UpstreamResponse(Protocol):
 
     @property
     def complete(self) -> bool:
-        """Whether the body has been received and handed out in full (no chunk will follow).
+        """Whether the exchange is over: the body received and handed out in full (no chunk
+        will follow) and nothing left to release (``aclose()`` would do nothing).
 
-        Lets the caller send the last chunk as the end of the response at once. ``False``
-        is always a correct answer: the end is then learnt from ``body()`` finishing.
+        Lets the caller send the last chunk as the end of the response at once, and skip
+        ``aclose()``. ``False`` is always a correct answer: the end is then learnt from
+        ``body()`` finishing, and ``aclose()`` releases what is left.
         """
         ...
 
