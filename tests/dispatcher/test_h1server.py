@@ -25,6 +25,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from dispatcher.h1server import H1Protocol
+from dispatcher.h1server.cycle import HeadFlusher
 from tests.servers import ThreadedServer, wait_until
 from tests.tenant import answer_lifespan
 
@@ -955,3 +956,30 @@ def test_absolute_form_target_gives_path_and_query(app: App, server: ThreadedSer
     assert scope["path"] == "/path/a"
     assert scope["raw_path"] == b"/path/a"
     assert scope["query_string"] == b"b=1"
+
+
+# --- HeadFlusher: heads whose body did not follow, written at the end of the loop turn ---------
+
+
+class _StartedCycle:
+    def __init__(self, name: str, flushed: list[str]) -> None:
+        self.name = name
+        self.flushed = flushed
+
+    def flush_head(self) -> None:
+        self.flushed.append(self.name)
+
+
+async def test_heads_are_flushed_at_the_end_of_the_turn_in_order_and_again_later() -> None:
+    loop = asyncio.get_running_loop()
+    flusher = HeadFlusher.of(loop)
+    assert HeadFlusher.of(loop) is flusher  # one per loop, shared by its connections
+    flushed: list[str] = []
+    flusher.add(_StartedCycle("a", flushed))  # type: ignore[arg-type]
+    flusher.add(_StartedCycle("b", flushed))  # type: ignore[arg-type]
+    assert flushed == []  # a body sent in this turn would still go out with its head
+    await asyncio.sleep(0)
+    assert flushed == ["a", "b"]
+    flusher.add(_StartedCycle("c", flushed))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    assert flushed == ["a", "b", "c"]

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -256,3 +257,17 @@ def test_connection_header_cannot_strip_the_headers_we_own(rig: Rig) -> None:
     assert headers["x-forwarded-for"] == "127.0.0.1"
     assert headers["x-request-id"] == response.headers["x-request-id"]
     assert headers["host"] == rig.one_url.removeprefix("http://")
+
+
+def test_an_unknown_scope_type_is_left_alone(rig: Rig) -> None:
+    """ASGI: a server may send scope types an application does not know; they are ignored."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("nothing to receive for an unknown scope type")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    assert asyncio.run(rig.gateway({"type": "telepathy"}, receive, send)) is None
+    assert sent == []
