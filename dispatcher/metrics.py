@@ -28,6 +28,17 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
+class _RouteFigures:
+    """What one route kind's requests added up to: by status class, by duration bucket."""
+
+    __slots__ = ("buckets", "by_class", "seconds")
+
+    def __init__(self, bounds: int) -> None:
+        self.by_class = [0] * len(_STATUS_CLASSES)
+        self.buckets = [0] * (bounds + 1)  # one count per bucket (not cumulative), then +Inf
+        self.seconds = 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class StateReading:
     """Figures other components keep, read at scrape time."""
@@ -87,25 +98,23 @@ class Metrics(Collector):
         self.registry = CollectorRegistry(auto_describe=True)
         self._per_worker = per_worker
         self.in_flight = 0  # requests being handled; the gateway counts them
-        self._requests: dict[tuple[str, ...], int] = {}
-        # Per route: one count per bucket (not cumulative), then the +Inf overflow.
-        self._durations: dict[str, list[int]] = {}
-        self._duration_sums: dict[str, float] = {}
+        self._routes: dict[str, _RouteFigures] = {}
+        self._by_worker: dict[tuple[str, str, str], int] = {}  # with metrics_per_worker
         self._upstream_errors: dict[str, int] = {}
         self.registry.register(_StateCollector(read_state))
         self.registry.register(self)
 
     def observe(self, route: str, status: int, seconds: float, worker: str = "") -> None:
-        status_class = _STATUS_CLASSES[status // 100 - 1] if 100 <= status < 600 else "5xx"
-        key = (route, status_class, worker) if self._per_worker else (route, status_class)
-        requests = self._requests
-        requests[key] = requests.get(key, 0) + 1
-        counts = self._durations.get(route)
-        if counts is None:
-            counts = self._durations[route] = [0] * (len(self.BUCKETS) + 1)
-            self._duration_sums[route] = 0.0
-        counts[bisect_left(self.BUCKETS, seconds)] += 1
-        self._duration_sums[route] += seconds
+        figures = self._routes.get(route)
+        if figures is None:
+            figures = self._routes[route] = _RouteFigures(len(self.BUCKETS))
+        index = status // 100 - 1 if 100 <= status < 600 else 4
+        figures.by_class[index] += 1
+        figures.buckets[bisect_left(self.BUCKETS, seconds)] += 1
+        figures.seconds += seconds
+        if self._per_worker:
+            key = (route, _STATUS_CLASSES[index], worker)
+            self._by_worker[key] = self._by_worker.get(key, 0) + 1
 
     def upstream_error(self, kind: str) -> None:
         self._upstream_errors[kind] = self._upstream_errors.get(kind, 0) + 1
@@ -121,8 +130,14 @@ class Metrics(Collector):
             "Requests answered, by route kind and status class",
             labels=labels,
         )
-        for key, value in sorted(self._requests.items()):
-            requests.add_metric(list(key), value)
+        if self._per_worker:
+            for key, value in sorted(self._by_worker.items()):
+                requests.add_metric(list(key), value)
+        else:
+            for route, figures in sorted(self._routes.items()):
+                for status_class, value in zip(_STATUS_CLASSES, figures.by_class, strict=True):
+                    if value:
+                        requests.add_metric([route, status_class], value)
         yield requests
         durations = HistogramMetricFamily(
             "dispatcher_request_duration_seconds",
@@ -130,10 +145,10 @@ class Metrics(Collector):
             labels=["route"],
         )
         bounds = [*(str(float(bound)) for bound in self.BUCKETS), "+Inf"]
-        for route, counts in sorted(self._durations.items()):
-            cumulative = list(accumulate(counts))
+        for route, figures in sorted(self._routes.items()):
+            cumulative = list(accumulate(figures.buckets))
             durations.add_metric(
-                [route], list(zip(bounds, cumulative, strict=True)), self._duration_sums[route]
+                [route], list(zip(bounds, cumulative, strict=True)), figures.seconds
             )
         yield durations
         errors = CounterMetricFamily(

@@ -99,9 +99,7 @@ class Forwarder:
         if timers is None:
             timers = self._timers = CoarseTimers(asyncio.get_running_loop())
         # current_task() given the loop: without it Python 3.11 makes a getpid() system call.
-        watcher = _DisconnectWatcher(receive, asyncio.current_task(timers.loop), timers)
-        timers.add(watcher, _ARM_DELAY)
-        return watcher
+        return _DisconnectWatcher(receive, asyncio.current_task(timers.loop), timers)
 
     async def forward(
         self, scope: Scope, receive: Receive, send: Send, route: Route, exchange: Exchange
@@ -135,6 +133,10 @@ class Forwarder:
             finally:
                 if not response.complete:  # else there is nothing to release
                     await response.aclose()
+        except UpstreamConnectFailed:
+            if len(targets) == 1:
+                self._selector.eject(targets[0])  # see _send_request
+            raise
         except ClientDisconnected:
             exchange.status = 499  # nobody left to answer; the upstream exchange is closed
         except asyncio.CancelledError:
@@ -148,9 +150,9 @@ class Forwarder:
             exchange.status = 499
         finally:
             if watcher is not None:
-                if watcher.started:
+                if watcher.task is not None:
                     await watcher.aclose()
-                else:
+                elif watcher.active:
                     watcher.stop()  # never started: nothing to wait for
             left = self._inflight[name] - 1
             if left:
@@ -193,7 +195,28 @@ class Forwarder:
             )
         return prepared, limit
 
-    async def _send_request(
+    def _send_request(
+        self,
+        scope: Scope,
+        route: Route,
+        prepared: RequestHeaders,
+        targets: list[Target],
+        body: RequestBody | None,
+        exchange: Exchange,
+    ) -> Awaitable[UpstreamResponse]:
+        """Send to the first target that accepts a connection (the next in turn first).
+
+        A target that refuses is ejected for a while; the request moves on to the next one
+        only while nothing of it has been sent (a body is replayable until its first byte).
+        With one target and no ejection to undo there is nothing to do after the attempt: its
+        coroutine is returned as is (a coroutine less per request), and ``forward`` ejects
+        the target if it refuses.
+        """
+        if len(targets) == 1 and not self._selector.has_ejections:
+            return self._attempt(scope, route, prepared.headers, targets[0], body)
+        return self._failover(scope, route, prepared, targets, body, exchange)
+
+    async def _failover(
         self,
         scope: Scope,
         route: Route,
@@ -202,14 +225,7 @@ class Forwarder:
         body: RequestBody | None,
         exchange: Exchange,
     ) -> UpstreamResponse:
-        """Send to the first target that accepts a connection (the next in turn first).
-
-        A target that refuses is ejected for a while; the request moves on to the next one
-        only while nothing of it has been sent (a body is replayable until its first byte).
-        """
         headers = prepared.headers
-        method = scope["method"].encode("ascii")
-        timeout = route.worker.upstream_timeout or self._upstream_timeout
         last = len(targets) - 1
         for attempt, target in enumerate(targets):
             if attempt:
@@ -219,27 +235,36 @@ class Forwarder:
                         (b"host", target.authority) if name == b"host" else (name, value)
                         for name, value in headers
                     ]
-            path = target.base_path + route.upstream_path
             try:
-                response = await self._transport.request(
-                    target.origin,
-                    method,
-                    path + b"?" + route.query if route.query else path,
-                    headers,
-                    body,
-                    connect_timeout=self._connect_timeout,
-                    response_timeout=timeout,
-                    idle_timeout=self._idle_timeout,
-                )
+                response = await self._attempt(scope, route, headers, target, body)
             except UpstreamConnectFailed:
                 self._selector.eject(target)
                 if attempt == last or (body is not None and body.sent):
                     raise
                 continue
-            if attempt or self._selector.has_ejections:
-                self._selector.restore(target)
+            self._selector.restore(target)
             return response
         raise AssertionError("unreachable: a worker has at least one upstream")
+
+    def _attempt(
+        self,
+        scope: Scope,
+        route: Route,
+        headers: list[tuple[bytes, bytes]],
+        target: Target,
+        body: RequestBody | None,
+    ) -> Awaitable[UpstreamResponse]:
+        path = target.base_path + route.upstream_path
+        return self._transport.request(
+            target.origin,
+            scope["method"].encode("ascii"),
+            path + b"?" + route.query if route.query else path,
+            headers,
+            body,
+            connect_timeout=self._connect_timeout,
+            response_timeout=route.worker.upstream_timeout or self._upstream_timeout,
+            idle_timeout=self._idle_timeout,
+        )
 
     @property
     def ejected_targets(self) -> dict[str, float]:
@@ -282,7 +307,7 @@ class _DisconnectWatcher:
     final send keeps a late disconnect from cancelling an exchange that already finished.
     """
 
-    __slots__ = ("_active", "_receive", "_target", "_task", "_timers", "fired")
+    __slots__ = ("_receive", "_target", "_timers", "active", "fired", "task")
 
     def __init__(
         self, receive: Receive, target: asyncio.Task[Any] | None, timers: CoarseTimers
@@ -290,35 +315,32 @@ class _DisconnectWatcher:
         self._receive = receive
         self._target = target
         self._timers = timers
-        self._task: asyncio.Task[None] | None = None
-        self._active = True
-        self.fired = False
-
-    @property
-    def started(self) -> bool:
-        return self._task is not None
+        self.task: asyncio.Task[None] | None = None  # the watching task, once started
+        self.active = True  # not stopped yet
+        self.fired = False  # the client went away and the target was cancelled
+        timers.add(self, _ARM_DELAY)
 
     def expire(self) -> None:
         """Still running after ``_ARM_DELAY``: start watching."""
-        if self._active:
-            self._task = self._timers.loop.create_task(self._watch())
+        if self.active:
+            self.task = self._timers.loop.create_task(self._watch())
 
     async def _watch(self) -> None:
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
                 break
-        if self._active and self._target is not None:
+        if self.active and self._target is not None:
             self.fired = True
             self._target.cancel()
 
     def stop(self) -> None:
-        self._active = False
+        self.active = False
         self._timers.discard(self)
 
     async def aclose(self) -> None:
         self.stop()
-        task = self._task
+        task = self.task
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

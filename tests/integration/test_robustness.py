@@ -9,6 +9,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -271,3 +272,24 @@ def test_an_unknown_scope_type_is_left_alone(rig: Rig) -> None:
 
     assert asyncio.run(rig.gateway({"type": "telepathy"}, receive, send)) is None
     assert sent == []
+
+
+def test_the_only_upstream_refusing_is_a_502_and_is_listed_as_ejected(tmp_path: Path) -> None:
+    database = f"sqlite+aiosqlite:///{tmp_path / 'lonely.db'}"
+    refused = f"http://127.0.0.1:{free_port()}"
+
+    async def seed() -> None:
+        await upgrade(database)
+        async with RegistryStore.from_url(database) as store:
+            await store.add_worker(WorkerCreate(name="lonely", upstreams=[refused]))
+
+    asyncio.run(seed())
+    with serve_gateway(create_app(Settings(database_url=database, connect_timeout=1))) as server:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            before = client.get("/health/detailed").json()["checks"]["upstreams"]["ejected"]
+            response = client.get("/", headers={"host": "lonely.localhost"})
+            after = client.get("/health/detailed").json()["checks"]["upstreams"]["ejected"]
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_unavailable"
+    assert refused not in before
+    assert refused in after
