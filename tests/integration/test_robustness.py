@@ -9,8 +9,8 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
