@@ -284,11 +284,11 @@ def test_the_only_upstream_refusing_is_a_502_and_is_listed_as_ejected(tmp_path: 
             await store.add_worker(WorkerCreate(name="lonely", upstreams=[refused]))
 
     asyncio.run(seed())
-    with serve_gateway(create_app(Settings(database_url=database, connect_timeout=1))) as server:
-        with httpx.Client(base_url=server.url, timeout=10) as client:
-            before = client.get("/health/detailed").json()["checks"]["upstreams"]["ejected"]
-            response = client.get("/", headers={"host": "lonely.localhost"})
-            after = client.get("/health/detailed").json()["checks"]["upstreams"]["ejected"]
+    gateway = create_app(Settings(database_url=database, connect_timeout=1))
+    with serve_gateway(gateway) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+        before = client.get("/health/detailed").json()["checks"]["upstreams"]["ejected"]
+        response = client.get("/", headers={"host": "lonely.localhost"})
+        after = client.get("/health/detailed").json()["checks"]["upstreams"]["ejected"]
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_unavailable"
     assert refused not in before
