@@ -25,11 +25,21 @@ from bench.streaming import StreamResult, measure_download, measure_upload
 from bench.targets import TARGETS, Case
 from bench.wrk import run_wrk
 
-__all__ = ["MIB", "Bench", "Options"]
+__all__ = ["MIB", "Bench", "Options", "PythonServer"]
 
 REPO = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 _EXPECTED_BYTES = {"small": len(configs.SMALL_BODY), "large": configs.LARGE_SIZE}
+
+
+@dataclass(frozen=True, slots=True)
+class PythonServer:
+    """The command line of one of the benchmark's Python servers."""
+
+    argv: list[str]
+    env: dict[str, str]
+    ready_path: str
+    discard_stdout: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +56,7 @@ class Options:
     load_cpu: int | None
     log_level: str
     profile_seconds: int
+    count_requests: int  # requests per case counted under callgrind (0: none)
     write: bool
     output: Path
     keep: bool
@@ -124,10 +135,8 @@ class Bench:
             if done.returncode != 0:
                 raise ServerFailed(f"dispatcher {' '.join(command)} failed:\n{done.stderr}")
 
-    def start_server(self, key: str) -> None:
-        """Start the server process ``key`` (see ``bench.targets``) on the server core."""
-        port = free_port()
-        cpu = self.options.server_cpu
+    def python_server(self, key: str, port: int) -> PythonServer:
+        """How to start the Python server ``key`` (a dispatcher or a floor) on ``port``."""
         launcher = [sys.executable, "-m", "bench.serve"]
         if key.startswith("dispatcher"):
             env = self.env
@@ -136,17 +145,30 @@ class Bench:
                 env = {**self.env, "DISPATCHER_LOG_LEVEL": "warning"}
             elif key == "dispatcher-aiohttp":
                 argv = [*launcher, "dispatcher", "--transport", "aiohttp"]
-            argv += ["--port", str(port)]
             # stdout is the access log: one JSON line per request, thrown away.
-            self._start(
-                key, argv, cpu=cpu, port=port, env=env, ready_path="/health", discard_stdout=True
-            )
-        elif key in ("floor", "floor-h1"):
-            argv = [*launcher, key, "--port", str(port)]
-            self._start(key, argv, cpu=cpu, port=port, env=self.env)
-        elif key == "proxy-floor":
+            return PythonServer([*argv, "--port", str(port)], env, "/health", discard_stdout=True)
+        if key in ("floor", "floor-h1"):
+            return PythonServer([*launcher, key, "--port", str(port)], self.env, "/small")
+        if key == "proxy-floor":
             argv = [*launcher, key, "--port", str(port), "--upstream-port", str(self.upstream_port)]
-            self._start(key, argv, cpu=cpu, port=port, env=self.env)
+            return PythonServer(argv, self.env, "/small")
+        raise ValueError(f"{key!r} is not one of the Python servers")
+
+    def start_server(self, key: str) -> None:
+        """Start the server process ``key`` (see ``bench.targets``) on the server core."""
+        port = free_port()
+        cpu = self.options.server_cpu
+        if key.startswith(("dispatcher", "floor", "proxy-floor")):
+            launch = self.python_server(key, port)
+            self._start(
+                key,
+                launch.argv,
+                cpu=cpu,
+                port=port,
+                env=launch.env,
+                ready_path=launch.ready_path,
+                discard_stdout=launch.discard_stdout,
+            )
         elif key == "nginx":
             prefix = self.work / "nginx-proxy"
             prefix.mkdir()

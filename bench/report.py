@@ -21,7 +21,7 @@ from bench.profile import Profile
 from bench.streaming import StreamResult
 from bench.targets import SIZES, TARGETS, Case
 
-__all__ = ["CaseStats", "RunInfo", "Sample", "machine_facts", "render"]
+__all__ = ["CaseStats", "InstructionCount", "RunInfo", "Sample", "machine_facts", "render"]
 
 _MIB = 1024.0
 _REPO = Path(__file__).resolve().parent.parent
@@ -40,6 +40,19 @@ class Sample:
     noise_load: float  # same on the load core (besides wrk and the upstream)
     errors: int
     read_errors: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstructionCount:
+    """What callgrind counted for one target (``bench.instructions``)."""
+
+    target: str
+    requests: int
+    instructions: int
+
+    @property
+    def per_request(self) -> float:
+        return self.instructions / self.requests
 
 
 @dataclass(slots=True)
@@ -276,7 +289,11 @@ def _verdict(*checks: bool) -> str:
     return "unclear (noise: the two figures disagree)"
 
 
-def _targets_table(stats: list[CaseStats], streams: list[StreamResult]) -> str:
+def _targets_table(
+    stats: list[CaseStats],
+    streams: list[StreamResult],
+    counts: list[InstructionCount] | None = None,
+) -> str:
     """The issue's targets. Ratios of req/s are shown beside the same ratio computed from CPU
     per request (what one core can serve), which other processes' noise barely moves."""
     rows: list[list[str]] = []
@@ -315,6 +332,15 @@ def _targets_table(stats: list[CaseStats], streams: list[StreamResult]) -> str:
         "dispatcher",
         "small",
     )
+    per_request = {item.target: item.per_request for item in counts or ()}
+    if "dispatcher-custom" in per_request and "dispatcher" in per_request:
+        value = per_request["dispatcher-custom"] / per_request["dispatcher"]
+        add(
+            "100 B: custom-domain / subdomain, instructions per request (callgrind)",
+            "within 5%",
+            f"{value:.3f}",
+            abs(value - 1) <= 0.05,
+        )
     for size, label in SIZES.items():
         ours, caddy = _find(stats, "dispatcher", size), _find(stats, "caddy", size)
         if ours is not None and caddy is not None:
@@ -366,12 +392,41 @@ def _profile_section(profile: Profile, what: str) -> str:
     )
 
 
+def _instructions_section(counts: list[InstructionCount]) -> str:
+    rows = [
+        [TARGETS[item.target].label, f"{item.per_request:,.0f}", f"{item.requests:,}"]
+        for item in counts
+    ]
+    by_key = {item.target: item.per_request for item in counts}
+    lines = [_table(["target (100 B)", "instructions per request", "requests counted"], rows)]
+    pairs = (
+        ("custom domain / subdomain", "dispatcher-custom", "dispatcher"),
+        ("path route / subdomain", "dispatcher-path", "dispatcher"),
+        ("access log on / off", "dispatcher", "dispatcher-quiet"),
+        ("dispatcher / bare proxy on its parts", "dispatcher", "proxy-floor"),
+    )
+    ratios = [
+        [label, f"{by_key[top] / by_key[bottom]:.3f}"]
+        for label, top, bottom in pairs
+        if top in by_key and bottom in by_key
+    ]
+    if ratios:
+        lines.append(_table(["instructions ratio", "value"], ratios))
+    lines.append(
+        "User-space instructions of the server process per request, counted by callgrind "
+        "(`bench/instructions.py`): system calls and the kernel are not counted, and the "
+        "figure does not move with the machine's load (repeat runs agree within about 0.5%)."
+    )
+    return "\n\n".join(lines)
+
+
 def render(
     info: RunInfo,
     stats: list[CaseStats],
     streams: list[StreamResult],
     profile: Profile | None,
     profile_what: str = "",
+    counts: list[InstructionCount] | None = None,
 ) -> str:
     """The whole report as Markdown."""
     machine = "\n".join(f"- {key}: {value}" for key, value in info.machine.items())
@@ -397,7 +452,7 @@ def render(
         "server CPU per request)",
         _ratios_table(stats),
         "## Targets of the performance issue",
-        _targets_table(stats, streams),
+        _targets_table(stats, streams, counts),
     ]
     if streams:
         parts += [
@@ -408,6 +463,8 @@ def render(
             "nginx. Growth = peak (VmHWM reset before the transfer, plus 20 ms sampling) - RSS "
             "before.",
         ]
+    if counts:
+        parts += ["## Instructions per request", _instructions_section(counts)]
     if profile is not None:
         parts += [
             "## Profile of the dispatcher under load",

@@ -16,7 +16,9 @@ The run, in order:
    server CPU from /proc before and after each round;
 5. optionally a py-spy profile of the dispatcher under load (subdomain route, 100 B);
 6. a fresh dispatcher streams a 512 MiB upload and download while its RSS is watched;
-7. the report is printed, and written to ``bench/RESULTS.md`` on a full run (or ``--write``).
+7. the Python servers run once more under callgrind, which counts their instructions per
+   request (``bench.instructions``: the figure the machine's noise does not move);
+8. the report is printed, and written to ``bench/RESULTS.md`` on a full run (or ``--write``).
 
 Every process started is stopped on the way out, whatever happens (``bench.procs.Servers``),
 and the temporary directory is removed (``--keep`` keeps it, with the servers' logs).
@@ -40,6 +42,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench.harness import MIB, Bench, Options
+from bench.instructions import count_instructions
 from bench.procs import ServerFailed, Servers
 from bench.report import CaseStats, RunInfo, machine_facts, render
 from bench.streaming import StreamError
@@ -49,7 +52,13 @@ from bench.wrk import WrkError
 __all__ = ["main"]
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-_PACKAGES = {"nginx": "nginx", "caddy": "caddy", "wrk": "wrk", "taskset": "util-linux"}
+_PACKAGES = {
+    "nginx": "nginx",
+    "caddy": "caddy",
+    "wrk": "wrk",
+    "taskset": "util-linux",
+    "valgrind": "valgrind",
+}
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -83,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
         "--profile-seconds", type=int, default=8, help="py-spy profile length (8; 0: skip)"
     )
     parser.add_argument(
+        "--count-requests",
+        type=int,
+        default=1000,
+        help="requests per case counted under callgrind (1000; 0: skip)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="smoke run: 1 round of 1 s, no warm-up, 64 MiB streams, no profile, no RESULTS.md",
@@ -114,6 +129,7 @@ def _options(argv: Sequence[str]) -> Options:
         args.duration, args.rounds, args.warmup = 1, 1, 0
         args.stream_mib = min(args.stream_mib, 64)
         args.profile_seconds = 0
+        args.count_requests = 0
     full = not args.quick and keys == list(DEFAULT_TARGETS) and set(sizes) == set(SIZES)
     server_cpu, load_cpu = args.server_cpu, args.load_cpu
     available = os.sched_getaffinity(0)
@@ -134,6 +150,7 @@ def _options(argv: Sequence[str]) -> Options:
         load_cpu=load_cpu,
         log_level=args.log_level,
         profile_seconds=args.profile_seconds,
+        count_requests=args.count_requests,
         write=not args.no_write and (args.write or full),
         output=args.output,
         keep=args.keep,
@@ -216,6 +233,7 @@ def _run(options: Options) -> int:
     per_round = options.duration + 0.4
     estimate = len(cases) * (options.rounds * per_round + options.warmup + 0.5) + 20
     estimate += options.profile_seconds + 3 if options.profile_seconds else 0
+    estimate += 120 if options.count_requests else 0
     print(f"bench: {len(cases)} cases x {options.rounds} rounds, about {estimate / 60:.1f} min")
     load_before = _loadavg()
     started = time.monotonic()
@@ -228,6 +246,16 @@ def _run(options: Options) -> int:
             stats = _rounds(bench, options)
             found = bench.record_profile() if options.profile_seconds else None
             streams = bench.streams() if options.stream_bytes else []
+            counts = (
+                count_instructions(
+                    bench,
+                    options.count_requests,
+                    options.connections,
+                    [case.target.key for case in options.cases],
+                )
+                if options.count_requests
+                else []
+            )
     finally:
         if options.keep:
             print(f"bench: kept {work}")
@@ -246,7 +274,7 @@ def _run(options: Options) -> int:
         f"py-spy {options.profile_seconds} s at 250 Hz on the dispatcher process while wrk "
         f"loads the subdomain route (100 B, {options.connections} connections)"
     )
-    text = render(info, stats, streams, found, what)
+    text = render(info, stats, streams, found, what, counts)
     print("\n" + text)
     if options.write:
         options.output.write_text(text)

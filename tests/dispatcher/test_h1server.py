@@ -970,6 +970,7 @@ class _StartedCycle:
         self.flushed.append(self.name)
 
 
+@pytest.mark.anyio
 async def test_heads_are_flushed_at_the_end_of_the_turn_in_order_and_again_later() -> None:
     loop = asyncio.get_running_loop()
     flusher = HeadFlusher.of(loop)
