@@ -59,7 +59,9 @@ async def test_the_client_sends_every_request_and_reads_every_answer() -> None:
         sent = await get(port, 12, 4, b"bench.localhost", b"/small")
     assert sent == 12
     assert len(seen) == 12
-    assert all(b"Host: bench.localhost" in head and head.startswith(b"GET /small ") for head in seen)
+    assert all(
+        b"Host: bench.localhost" in head and head.startswith(b"GET /small ") for head in seen
+    )
 
 
 @pytest.mark.anyio
