@@ -29,6 +29,7 @@ CHUNKED_HEADER: Final = b"transfer-encoding: chunked\r\n"
 CLOSE_HEADER: Final = b"connection: close\r\n"
 NO_BODY_STATUS: Final = frozenset((204, 304))
 FRAMING: Final = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+_FRAMING_LENGTHS: Final = frozenset(len(name) for name in FRAMING)
 
 
 def _status_line(status: int) -> bytes:
@@ -249,6 +250,8 @@ class Cycle:
             framed, self._remaining = True, 0  # no body allowed, whatever the headers say
         close_sent = False
         for name, value in headers:
+            if len(name) not in _FRAMING_LENGTHS:
+                continue  # most headers: told apart without lowercasing a copy of the name
             lowered = name.lower()
             if lowered not in FRAMING:
                 continue

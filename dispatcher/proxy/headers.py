@@ -76,7 +76,7 @@ def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes |
     """The first value of header ``name`` (lowercase) in ASGI ``headers``, or ``None``."""
     for key, value in headers:
         if key == name:
-            return bytes(value)
+            return value if type(value) is bytes else bytes(value)
     return None
 
 
