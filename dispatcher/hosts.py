@@ -52,11 +52,13 @@ def is_valid_worker_name(name: str) -> bool:
     return _WORKER_NAME.fullmatch(name) is not None
 
 
+@lru_cache(maxsize=4096)
 def validate_worker_name(name: str, reserved: frozenset[str] | tuple[str, ...]) -> str:
     """Return the canonical (lowercased) worker name or raise a routing error.
 
     Raises ``InvalidWorkerName`` for anything outside RFC 1123 label syntax (1-63 characters of
     ``[a-z0-9-]``, no leading or trailing hyphen) and ``ReservedWorkerName`` for reserved names.
+    Valid names are remembered (path and query routes name their worker on every request).
     """
     # ASCII first: str.lower() maps some non-ASCII letters onto ASCII (U+212A KELVIN SIGN -> "k").
     canonical = name.lower() if name.isascii() else ""
@@ -76,6 +78,13 @@ def is_ip_literal(host: str) -> bool:
     # Names (the common case) end in a letter and have no colon: answer without parsing.
     if not candidate or (":" not in candidate and not candidate[-1].isdigit()):
         return False
+    return _parses_as_ip(candidate)
+
+
+@lru_cache(maxsize=1024)
+def _parses_as_ip(candidate: str) -> bool:
+    # Remembered: control hosts are IP literals on every path-routed request, and parsing one
+    # costs more than routing the request.
     try:
         ipaddress.ip_address(candidate)
     except ValueError:
