@@ -230,10 +230,15 @@ class Cycle:
             conn.response_complete(self)
 
     def flush_head(self) -> None:
+        """Write the head if no body took it along (``HeadFlusher``, at the end of the turn)."""
         head = self._head
         if head is not None and not self.disconnected:
             self._head = None
-            self.conn.transport.write(head)
+            transport = self.conn.transport
+            # A closed transport raises on write; one raising here would hold back the heads
+            # of the other connections flushed in the same turn.
+            if not transport.is_closing():
+                transport.write(head)
 
     def _render_head(self, status: int, headers: Any) -> bytes:
         line = STATUS_LINES.get(status)

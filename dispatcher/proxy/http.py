@@ -106,8 +106,6 @@ class Forwarder:
     ) -> None:
         targets = self._selector.candidates(route.worker)
         prepared, limit = self._admit(scope, route, targets[0], exchange)
-        name = exchange.worker
-        self._inflight[name] = self._inflight.get(name, 0) + 1
         body: RequestBody | None = None
         watcher: _DisconnectWatcher | None = None
         if prepared.chunked or prepared.content_length:
@@ -115,6 +113,8 @@ class Forwarder:
             body = RequestBody(_read_body(receive, limit, exchange), prepared.content_length)
         else:
             watcher = self._watch(receive)
+        name = exchange.worker
+        self._inflight[name] = self._inflight.get(name, 0) + 1
         try:
             response = await self._send_request(scope, route, prepared, targets, body, exchange)
             try:
