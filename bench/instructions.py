@@ -26,6 +26,7 @@ from pathlib import Path
 from bench.harness import Bench
 from bench.procs import free_port
 from bench.report import InstructionCount
+from bench.targets import TARGETS, Case
 
 __all__ = ["GROUPS", "count_instructions", "get", "read_dump"]
 
@@ -36,13 +37,6 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("proxy-floor", ("proxy-floor",)),
     ("floor-h1", ("floor-h1",)),
 )
-
-_HOSTS = {
-    "dispatcher": b"bench.localhost",
-    "dispatcher-quiet": b"bench.localhost",
-    "dispatcher-custom": b"bench.example.org",
-}
-_PATHS = {"dispatcher-path": b"/dispatch/bench/small"}
 
 
 def read_dump(path: Path) -> int:
@@ -130,8 +124,8 @@ def _count_group(
 
 
 def _host(key: str) -> bytes:
-    return _HOSTS.get(key, b"127.0.0.1")
+    return (TARGETS[key].host or "127.0.0.1").encode("ascii")
 
 
 def _path(key: str) -> bytes:
-    return _PATHS.get(key, b"/small")
+    return Case(TARGETS[key], "small").path.encode("ascii")

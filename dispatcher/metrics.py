@@ -29,7 +29,8 @@ _STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class _RouteFigures:
-    """What one route kind's requests added up to: by status class, by duration bucket."""
+    """What one route kind's requests added up to: by duration bucket, and by status class
+    (unless the request counter is kept per worker)."""
 
     __slots__ = ("buckets", "by_class", "seconds")
 
@@ -108,13 +109,14 @@ class Metrics(Collector):
         figures = self._routes.get(route)
         if figures is None:
             figures = self._routes[route] = _RouteFigures(len(self.BUCKETS))
-        index = status // 100 - 1 if 100 <= status < 600 else 4
-        figures.by_class[index] += 1
         figures.buckets[bisect_left(self.BUCKETS, seconds)] += 1
         figures.seconds += seconds
-        if self._per_worker:
+        index = status // 100 - 1 if 100 <= status < 600 else 4
+        if self._per_worker:  # the request counter has a worker label: counted per worker
             key = (route, _STATUS_CLASSES[index], worker)
             self._by_worker[key] = self._by_worker.get(key, 0) + 1
+        else:
+            figures.by_class[index] += 1
 
     def upstream_error(self, kind: str) -> None:
         self._upstream_errors[kind] = self._upstream_errors.get(kind, 0) + 1

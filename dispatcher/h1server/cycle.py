@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 
+from dispatcher.proxy.headers import header_lines
+
 if TYPE_CHECKING:
     from dispatcher.h1server.protocol import H1Protocol
 
@@ -39,9 +41,6 @@ def _status_line(status: int) -> bytes:
         phrase = b""
     return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
 
-
-#: ``name: value`` of one header: mapped over a head's headers (cheaper than a comprehension).
-_JOIN_NAME_VALUE: Final = b": ".join
 
 #: Bodies up to this size are joined to the head and written in one piece (the copy is cheaper
 #: than a scatter-gather write); larger ones are written beside it.
@@ -279,7 +278,7 @@ class Cycle:
                 extra = CHUNKED_HEADER
         if not self.keep_alive and not close_sent:
             extra += CLOSE_HEADER
-        lines = b"\r\n".join(map(_JOIN_NAME_VALUE, headers))
+        lines = header_lines(headers)
         head = line + lines + b"\r\n" + extra + b"\r\n" if lines else line + extra + b"\r\n"
         # The one check against response splitting: every CR and LF is a line end we wrote.
         ends = len(headers) + 2 + extra.count(b"\n")

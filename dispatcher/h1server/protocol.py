@@ -162,21 +162,21 @@ class H1Protocol(asyncio.Protocol):
         self._head_received = 0
         self._expect_100 = False
 
+    # The parser calls these once per header line: the size check is written out in each
+    # (a helper costs ~600 instructions a call: with ten headers, some 6% of a hello world).
+
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count_head(len(url))
+        self._head_bytes += len(url)
+        if self._head_bytes > self.head_limit:
+            raise _HeadTooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self._expect_100 = True
         self._headers.append((name, value))
-        self._head_bytes += len(name) + len(value) + 4  # _count_head, inlined: per header
-        if self._head_bytes > self.head_limit:
-            raise _HeadTooLarge
-
-    def _count_head(self, size: int) -> None:
-        self._head_bytes += size
+        self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self.head_limit:
             raise _HeadTooLarge
 

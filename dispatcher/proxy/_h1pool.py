@@ -33,12 +33,10 @@ from typing import Final, cast
 from dispatcher.errors import UpstreamConnectFailed, UpstreamUnavailable
 from dispatcher.proxy._h1exchange import H1Exchange, StaleConnection, wake
 from dispatcher.proxy.coarse import CoarseTimers
+from dispatcher.proxy.headers import header_lines
 from dispatcher.proxy.transport import Headers, Origin, RequestBody, UpstreamResponse
 
 __all__ = ["H1Pool"]
-
-#: ``name: value`` of one header: mapped over a head's headers (cheaper than a comprehension).
-_JOIN_NAME_VALUE: Final = b": ".join
 
 # A proxy must not retry non-idempotent requests by itself (RFC 9112 section 9.3.1).
 _IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
@@ -140,7 +138,7 @@ class H1Pool:
         idle_timeout: float,
     ) -> UpstreamResponse:
         """Send a request and return the response once its head arrived (see the protocol)."""
-        lines = b"\r\n".join(map(_JOIN_NAME_VALUE, headers))
+        lines = header_lines(headers)
         head = (
             b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (method, target, lines)
             if lines

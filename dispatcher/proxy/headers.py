@@ -28,6 +28,7 @@ __all__ = [
     "RequestIds",
     "TrustPolicy",
     "filter_response_headers",
+    "header_lines",
     "header_value",
 ]
 
@@ -70,6 +71,15 @@ _OURS: Final = frozenset(
 )
 
 _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._-]{1,128}")
+
+
+#: ``name: value`` of one header (a bound method: mapped, it runs no Python code per header).
+_NAME_VALUE: Final = b": ".join
+
+
+def header_lines(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """The header lines of an HTTP/1.1 head, CRLF between them (none after the last)."""
+    return b"\r\n".join(map(_NAME_VALUE, headers))
 
 
 def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:

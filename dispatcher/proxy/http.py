@@ -133,10 +133,6 @@ class Forwarder:
             finally:
                 if not response.complete:  # else there is nothing to release
                     await response.aclose()
-        except UpstreamConnectFailed:
-            if len(targets) == 1:
-                self._selector.eject(targets[0])  # see _send_request
-            raise
         except ClientDisconnected:
             exchange.status = 499  # nobody left to answer; the upstream exchange is closed
         except asyncio.CancelledError:
@@ -195,28 +191,7 @@ class Forwarder:
             )
         return prepared, limit
 
-    def _send_request(
-        self,
-        scope: Scope,
-        route: Route,
-        prepared: RequestHeaders,
-        targets: list[Target],
-        body: RequestBody | None,
-        exchange: Exchange,
-    ) -> Awaitable[UpstreamResponse]:
-        """Send to the first target that accepts a connection (the next in turn first).
-
-        A target that refuses is ejected for a while; the request moves on to the next one
-        only while nothing of it has been sent (a body is replayable until its first byte).
-        With one target and no ejection to undo there is nothing to do after the attempt: its
-        coroutine is returned as is (a coroutine less per request), and ``forward`` ejects
-        the target if it refuses.
-        """
-        if len(targets) == 1 and not self._selector.has_ejections:
-            return self._attempt(scope, route, prepared.headers, targets[0], body)
-        return self._failover(scope, route, prepared, targets, body, exchange)
-
-    async def _failover(
+    async def _send_request(
         self,
         scope: Scope,
         route: Route,
@@ -225,7 +200,14 @@ class Forwarder:
         body: RequestBody | None,
         exchange: Exchange,
     ) -> UpstreamResponse:
+        """Send to the first target that accepts a connection (the next in turn first).
+
+        A target that refuses is ejected for a while; the request moves on to the next one
+        only while nothing of it has been sent (a body is replayable until its first byte).
+        """
         headers = prepared.headers
+        method = scope["method"].encode("ascii")
+        timeout = route.worker.upstream_timeout or self._upstream_timeout
         last = len(targets) - 1
         for attempt, target in enumerate(targets):
             if attempt:
@@ -235,36 +217,27 @@ class Forwarder:
                         (b"host", target.authority) if name == b"host" else (name, value)
                         for name, value in headers
                     ]
+            path = target.base_path + route.upstream_path
             try:
-                response = await self._attempt(scope, route, headers, target, body)
+                response = await self._transport.request(
+                    target.origin,
+                    method,
+                    path + b"?" + route.query if route.query else path,
+                    headers,
+                    body,
+                    connect_timeout=self._connect_timeout,
+                    response_timeout=timeout,
+                    idle_timeout=self._idle_timeout,
+                )
             except UpstreamConnectFailed:
                 self._selector.eject(target)
                 if attempt == last or (body is not None and body.sent):
                     raise
                 continue
-            self._selector.restore(target)
+            if attempt or self._selector.has_ejections:
+                self._selector.restore(target)
             return response
         raise AssertionError("unreachable: a worker has at least one upstream")
-
-    def _attempt(
-        self,
-        scope: Scope,
-        route: Route,
-        headers: list[tuple[bytes, bytes]],
-        target: Target,
-        body: RequestBody | None,
-    ) -> Awaitable[UpstreamResponse]:
-        path = target.base_path + route.upstream_path
-        return self._transport.request(
-            target.origin,
-            scope["method"].encode("ascii"),
-            path + b"?" + route.query if route.query else path,
-            headers,
-            body,
-            connect_timeout=self._connect_timeout,
-            response_timeout=route.worker.upstream_timeout or self._upstream_timeout,
-            idle_timeout=self._idle_timeout,
-        )
 
     @property
     def ejected_targets(self) -> dict[str, float]:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.instructions import get, read_dump
+from bench.instructions import GROUPS, _host, _path, get, read_dump
 from bench.report import InstructionCount
 from bench.report import _instructions_section as instructions_section
 from bench.report import _targets_table as targets_table
+from bench.targets import TARGETS
 
 DUMP = """\
 version: 1
@@ -96,3 +97,15 @@ def test_counts_are_reported_with_their_ratios_and_judge_the_custom_domain_targe
     assert rows.rstrip().endswith("| 1.040 |  | met |")
     costly = [counts[0], InstructionCount("dispatcher-custom", 1000, 290_000_000)]
     assert targets_table([], [], costly).rstrip().endswith("| 1.074 |  | **missed** |")
+
+
+def test_counted_targets_are_served_and_reached_as_in_the_timed_rounds() -> None:
+    assert all(TARGETS[key].server == server for server, keys in GROUPS for key in keys)
+    assert (_host("dispatcher-custom"), _path("dispatcher-custom")) == (
+        b"bench.example.org",
+        b"/small",
+    )
+    assert (_host("dispatcher-path"), _path("dispatcher-path")) == (
+        b"127.0.0.1",
+        b"/dispatch/bench/small",
+    )

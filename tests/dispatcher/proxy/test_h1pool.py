@@ -633,6 +633,7 @@ def test_early_response_during_upload_ends_it_and_is_not_reused(run: Run) -> Non
             )
             assert response.status == 413
             assert [chunk async for chunk in response.body()] == [b"too big"]
+            assert not response.complete  # the upload is still being stopped: aclose() waits
             await up.client_closed.wait()
             await stopped.wait()  # the upload stopped, before the response was closed
             assert body.sent == 5
