@@ -29,6 +29,7 @@ from dispatcher.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from dispatcher.h1server import LIMITS_STATE_KEY, ServerLimits
 from dispatcher.hosts import normalize_host
 from dispatcher.logging import access_logger, batched_logs, bind_request_id
 from dispatcher.metrics import Metrics, StateReading
@@ -183,7 +184,7 @@ class Gateway:
         if kind == "websocket":
             return self._websocket(scope, receive, send)
         if kind == "lifespan":
-            return self._lifespan(receive, send)
+            return self._lifespan(scope, receive, send)
         return _nothing()
 
     async def _route(
@@ -344,7 +345,15 @@ class Gateway:
 
     # -- lifespan -----------------------------------------------------------------------------
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope.get("state")
+        if state is not None:
+            # The request deadlines our HTTP server holds clients to (it reads them from the
+            # lifespan state it hands to every connection).
+            state[LIMITS_STATE_KEY] = ServerLimits(
+                request_head_timeout=self.settings.request_head_timeout,
+                request_body_timeout=self.settings.request_body_timeout,
+            )
         async with batched_logs():
             await self._lifespan_events(receive, send)
 
