@@ -22,6 +22,7 @@ from dispatcher.control.app import REQUEST_ID_KEY, create_control_app
 from dispatcher.domains import CustomDomainResolver
 from dispatcher.errors import (
     DispatcherError,
+    InvalidHost,
     NotFound,
     RegistryUnavailable,
     RoutingError,
@@ -69,7 +70,9 @@ class Gateway:
     def __init__(self, settings: Settings, transport: UpstreamTransport | None = None) -> None:
         self.settings = settings
         self.ids = RequestIds()
-        self.transport: UpstreamTransport = transport or H1Pool()
+        self.transport: UpstreamTransport = transport or H1Pool(
+            max_response_head=settings.max_response_header_bytes
+        )
         # One header policy and one upstream selector for both kinds of forwarding: the same
         # rules, and a target that refused a connection is skipped by both.
         policy = HeaderPolicy(
@@ -204,7 +207,13 @@ class Gateway:
     def _route_scope(
         self, scope: Scope, host_header: bytes, method: str
     ) -> Coroutine[Any, Any, Route | None]:
-        """``_route`` for an ASGI request (its coroutine as is: no extra layer per request)."""
+        """``_route`` for an ASGI request (its coroutine as is: no extra layer per request).
+
+        A Host on the wire is ASCII (browsers send A-labels): any other byte is refused here,
+        before IDNA folding could map it onto an ASCII name (``\\xaa`` onto ``a``).
+        """
+        if not host_header.isascii():
+            raise InvalidHost("The Host header must be ASCII")
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
         return self._route(host_header.decode("latin-1"), raw_path, scope["query_string"], method)
 
@@ -251,6 +260,9 @@ class Gateway:
         exchange.request_id = self.ids.pick(header_value(scope["headers"], b"x-request-id"))
         bind_request_id(exchange.request_id)
         exchange.route = "control"
+        if sum(1 for name, _ in scope["headers"] if name == b"host") > 1:
+            # Forwarded requests are checked by the header policy (RFC 9112 section 3.2).
+            raise InvalidHost("More than one Host header")
         scope[REQUEST_ID_KEY] = exchange.request_id
         rid = exchange.request_id.encode("ascii")
 

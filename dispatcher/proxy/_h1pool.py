@@ -14,7 +14,9 @@ anything unfinished (an error, a timeout, ``aclose()`` mid-body, a cancelled cal
 
 Errors, with our own messages and the socket error chained:
 
-- connect refused or timed out, reset/EOF or a malformed answer before the head: UpstreamUnavailable
+- connect refused or timed out, reset/EOF, a malformed answer, a response head (interim heads
+  included) larger than ``max_response_head`` bytes, a status outside 100-599 or a ``101``
+  (this client never asks to switch protocols): UpstreamUnavailable
   (a reused idle connection found dead is retried once on a new one for a bodiless
   idempotent request)
 - no head within ``response_timeout`` of the request being sent (its last body byte written),
@@ -111,8 +113,10 @@ class H1Pool:
         max_idle_per_origin: int = 64,
         idle_timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        max_response_head: int = 65536,
     ) -> None:
         self._max_idle = max_idle_per_origin
+        self._max_head = max_response_head
         self._idle_timeout = idle_timeout
         self._ssl_context = ssl_context
         self._idle: dict[Origin, list[Connection]] = {}
@@ -147,7 +151,13 @@ class H1Pool:
         head_only = method == b"HEAD"
         conn = self._checkout(origin)
         if conn is not None:
-            exchange = H1Exchange(conn, head_only=head_only, reused=True, idle_timeout=idle_timeout)
+            exchange = H1Exchange(
+                conn,
+                head_only=head_only,
+                reused=True,
+                idle_timeout=idle_timeout,
+                max_head=self._max_head,
+            )
             exchange.start(head, body, response_timeout)
             try:
                 return await exchange.wait_head()
@@ -157,7 +167,13 @@ class H1Pool:
                         "The worker's upstream closed the connection"
                     ) from exc
         conn = await self._connect(origin, connect_timeout)
-        exchange = H1Exchange(conn, head_only=head_only, reused=False, idle_timeout=idle_timeout)
+        exchange = H1Exchange(
+            conn,
+            head_only=head_only,
+            reused=False,
+            idle_timeout=idle_timeout,
+            max_head=self._max_head,
+        )
         exchange.start(head, body, response_timeout)
         return await exchange.wait_head()
 

@@ -19,10 +19,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from dispatcher.errors import HeadersTooLarge, InvalidRequest, LoopDetected
+from dispatcher.errors import HeadersTooLarge, InvalidHost, InvalidRequest, LoopDetected
 
 __all__ = [
     "HOP_BY_HOP",
+    "PROXY_INFO",
     "HeaderPolicy",
     "RequestHeaders",
     "RequestIds",
@@ -56,18 +57,47 @@ _CONNECTION_PROTECTED: Final = frozenset({b"host", b"content-length"})
 # Tokens of a ``Connection`` header that leave nothing more to remove.
 _NOT_NAMEABLE: Final = HOP_BY_HOP | _CONNECTION_PROTECTED
 
-# Headers we always set ourselves on the upstream request (any incoming copy is dropped).
-_OURS: Final = frozenset(
+# What else a client may claim about the hops before it, in the spellings proxies and
+# frameworks read (nginx's X-Real-IP, Akamai/Cloudflare's True-Client-IP, IIS's
+# X-Original-URL / X-Rewrite-URL, which some frameworks route by). Like ``Forwarded``: passed
+# on from a trusted peer, dropped from anyone else.
+PROXY_INFO: Final = frozenset(
     {
-        b"host",
-        b"x-request-id",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-forwarded-prefix",
-        b"via",
+        b"x-real-ip",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"client-ip",
+        b"x-cluster-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        b"x-forwarded-port",
+        b"x-forwarded-server",
+        b"x-forwarded-scheme",
+        b"x-forwarded-ssl",
+        b"x-forwarded-protocol",
+        b"x-url-scheme",
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-original-host",
+        b"x-host",
         b"forwarded",
     }
+)
+
+# Headers we set ourselves on the upstream request, or pass on only from a trusted peer.
+_OURS: Final = (
+    frozenset(
+        {
+            b"host",
+            b"x-request-id",
+            b"x-forwarded-for",
+            b"x-forwarded-proto",
+            b"x-forwarded-host",
+            b"x-forwarded-prefix",
+            b"via",
+        }
+    )
+    | PROXY_INFO
 )
 
 _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._-]{1,128}")
@@ -189,7 +219,7 @@ class HeaderPolicy:
         forwarded_proto: bytes | None = None
         forwarded_host: bytes | None = None
         via: list[bytes] = []
-        client_host: bytes = b""
+        client_host: bytes | None = None
         request_id: bytes | None = None
         lengths: list[bytes] = []
         chunked = False
@@ -202,10 +232,16 @@ class HeaderPolicy:
                         named = set()
                     named.update(token.strip().lower() for token in value.split(b","))
                 elif name == b"transfer-encoding":
-                    chunked = chunked or value.strip().lower().endswith(b"chunked")
+                    # Exactly one "chunked" and nothing else: a coding we would not undo
+                    # (gzip, identity, parameters) could frame the body differently upstream.
+                    if chunked or value.strip().lower() != b"chunked":
+                        raise InvalidRequest("Unsupported Transfer-Encoding")
+                    chunked = True
                 continue
             if name in _OURS:
                 if name == b"host":
+                    if client_host is not None:  # RFC 9112 section 3.2
+                        raise InvalidHost("More than one Host header")
                     client_host = value
                 elif name == b"x-request-id":
                     request_id = value if request_id is None else request_id
@@ -218,7 +254,7 @@ class HeaderPolicy:
                         forwarded_proto = value
                     elif name == b"x-forwarded-host":
                         forwarded_host = value
-                    elif name == b"forwarded":
+                    elif name in PROXY_INFO:
                         kept.append((name, value))
                 continue
             if name.startswith(b"x-dispatch-"):
@@ -266,7 +302,7 @@ class HeaderPolicy:
             kept.append((b"x-forwarded-prefix", context.prefix.encode("ascii")))
         kept += (
             (b"x-forwarded-proto", forwarded_proto or context.scheme.encode("ascii")),
-            (b"x-forwarded-host", forwarded_host or client_host),
+            (b"x-forwarded-host", forwarded_host or client_host or b""),
             (b"via", token),
             (b"x-request-id", rid_bytes),
             (b"x-dispatch-worker", context.worker.encode("ascii")),
