@@ -235,7 +235,7 @@ class HeaderPolicy:
                     # Exactly one "chunked" and nothing else: a coding we would not undo
                     # (gzip, identity, parameters) could frame the body differently upstream.
                     if chunked or value.strip().lower() != b"chunked":
-                        raise InvalidRequest("Unsupported Transfer-Encoding")
+                        raise _framing_error("Unsupported Transfer-Encoding")
                     chunked = True
                 continue
             if name in _OURS:
@@ -311,16 +311,22 @@ class HeaderPolicy:
         return RequestHeaders(kept, content_length, chunked, rid, rid_bytes)
 
 
+def _framing_error(message: str) -> InvalidRequest:
+    """A request whose body framing we refuse: where it ends is unknown, so the answer
+    closes the connection (whatever follows cannot be trusted to be a next request)."""
+    return InvalidRequest(message, headers={"Connection": "close"})
+
+
 def _content_length(values: list[bytes]) -> int | None:
     if not values:
         return None
     # RFC 9110 section 8.6: identical duplicates may be folded; anything else is an error.
     distinct = {value.strip() for value in b",".join(values).split(b",")}
     if len(distinct) != 1:
-        raise InvalidRequest("Conflicting Content-Length headers")
+        raise _framing_error("Conflicting Content-Length headers")
     (value,) = distinct
     if not value.isdigit() or len(value) > 18:
-        raise InvalidRequest("Malformed Content-Length header")
+        raise _framing_error("Malformed Content-Length header")
     return int(value)
 
 
