@@ -71,7 +71,8 @@ class Gateway:
         self.settings = settings
         self.ids = RequestIds()
         self.transport: UpstreamTransport = transport or H1Pool(
-            max_response_head=settings.max_response_header_bytes
+            max_response_head=settings.max_response_header_bytes,
+            networks=settings.upstream_networks,
         )
         # One header policy and one upstream selector for both kinds of forwarding: the same
         # rules, and a target that refused a connection is skipped by both.

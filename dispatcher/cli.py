@@ -246,7 +246,7 @@ def _registry(command: RegistryCommand) -> Callable[[Settings, argparse.Namespac
 
 def _validate(model: Any, data: dict[str, Any], settings: Settings) -> Any:
     try:
-        return model.model_validate(data, context={"reserved_names": settings.reserved})
+        return model.model_validate(data, context=settings.registration_context)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'value'}: "

@@ -33,6 +33,8 @@ import ssl
 from typing import Final, cast
 
 from dispatcher.errors import UpstreamConnectFailed, UpstreamUnavailable
+from dispatcher.networks import UpstreamNetworks
+from dispatcher.proxy._addresses import allowed_addresses
 from dispatcher.proxy._h1exchange import H1Exchange, StaleConnection, wake
 from dispatcher.proxy.coarse import CoarseTimers
 from dispatcher.proxy.headers import header_lines
@@ -114,7 +116,9 @@ class H1Pool:
         idle_timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
         max_response_head: int = 65536,
+        networks: UpstreamNetworks | None = None,
     ) -> None:
+        self._networks = networks
         self._max_idle = max_idle_per_origin
         self._max_head = max_response_head
         self._idle_timeout = idle_timeout
@@ -201,13 +205,22 @@ class H1Pool:
             context = self._ssl_context
         try:
             async with asyncio.timeout(connect_timeout):
-                await loop.create_connection(
-                    lambda: conn,
-                    origin.host,
-                    origin.port,
-                    ssl=context,
-                    server_hostname=origin.host if context is not None else None,
-                )
+                hosts = [origin.host]
+                if self._networks is not None:
+                    hosts = await allowed_addresses(self._networks, origin.host, origin.port, loop)
+                for position, host in enumerate(hosts):
+                    try:
+                        await loop.create_connection(
+                            lambda: conn,
+                            host,
+                            origin.port,
+                            ssl=context,
+                            server_hostname=origin.host if context is not None else None,
+                        )
+                        break
+                    except OSError:
+                        if position == len(hosts) - 1:
+                            raise
         except TimeoutError as exc:
             if hasattr(conn, "transport"):
                 conn.close(abort=True)  # connected just as the deadline passed

@@ -50,6 +50,8 @@ from websockets.http11 import Response
 from websockets.typing import Subprotocol
 
 from dispatcher.errors import InvalidRequest, UpstreamTimeout, UpstreamUnavailable
+from dispatcher.networks import UpstreamNetworks
+from dispatcher.proxy._addresses import allowed_addresses
 from dispatcher.proxy.headers import (
     ForwardContext,
     HeaderPolicy,
@@ -85,13 +87,21 @@ class _Ending(NamedTuple):
 class _Dial(connect):
     """``websockets``' connect with our policy: no redirects, TCP connect bounded on its own."""
 
-    def __init__(self, uri: str, *, connect_timeout: float, **options: Any) -> None:
+    def __init__(
+        self, uri: str, *, connect_timeout: float, networks: UpstreamNetworks, **options: Any
+    ) -> None:
         super().__init__(uri, **options)
         self.connect_timeout = connect_timeout
+        self.networks = networks
         self.connected = False  # once true, bytes may have reached the upstream: no retry
 
     async def open_tcp_connection(self) -> ClientConnection:
         async with asyncio.timeout(self.connect_timeout):
+            options = self.create_connection_kwargs
+            host, port = options["host"], options["port"]
+            loop = asyncio.get_running_loop()
+            # The first allowed address: websockets makes one connection attempt.
+            options["host"] = (await allowed_addresses(self.networks, host, port, loop))[0]
             connection = await super().open_tcp_connection()
         self.connected = True
         return connection
@@ -110,6 +120,7 @@ class WebSocketForwarder:
         self._policy = policy
         self._selector = selector
         self._tls: ssl.SSLContext | None = None
+        self._networks = settings.upstream_networks
 
     async def forward(
         self, scope: Scope, receive: Receive, send: Send, route: Route, exchange: Exchange
@@ -193,6 +204,7 @@ class WebSocketForwarder:
             return _Dial(
                 f"{'wss' if secure else 'ws'}://{host.decode('latin-1')}{resource}",
                 connect_timeout=settings.connect_timeout,
+                networks=self._networks,
                 host=origin.host,
                 port=origin.port,
                 additional_headers=headers,
