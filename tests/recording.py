@@ -8,7 +8,8 @@ means no request and no fragment.
 
 Answers, by the request path (the query is ignored):
 
-- ``/script/<name>``: the raw bytes in ``scripts[name]``, then the connection is closed;
+- ``/script/<name>`` or a ``script=<name>`` query parameter: the raw bytes in
+  ``scripts[name]``, then the connection is closed;
 - anything else: ``200`` with ``ok``, keep-alive.
 """
 
@@ -71,6 +72,16 @@ class _Parse:
         self.done.append(Received(method, self.target, self.headers, b"".join(self.body)))
 
 
+def _script_name(target: bytes) -> str | None:
+    path, _, query = target.partition(b"?")
+    if path.startswith(b"/script/"):
+        return path[8:].decode()
+    for pair in query.split(b"&"):
+        if pair.startswith(b"script="):
+            return pair[7:].decode()
+    return None
+
+
 class RecordingUpstream:
     def __init__(self) -> None:
         self.requests: list[Received] = []
@@ -129,9 +140,9 @@ class RecordingUpstream:
                     request = state.done.pop(0)
                     self.requests.append(request)
                     pending.clear()
-                    path = request.target.split(b"?")[0]
-                    if path.startswith(b"/script/"):
-                        writer.write(self.scripts[path[8:].decode()])
+                    script = _script_name(request.target)
+                    if script is not None:
+                        writer.write(self.scripts[script])
                         await writer.drain()
                         return
                     writer.write(OK)

@@ -74,6 +74,12 @@ _ERRORS: Final = [
     ("405", "MethodNotAllowed", "method_not_allowed", "Method not allowed on this path."),
     ("409", "Conflict", "conflict", "Already registered."),
     ("413", "PayloadTooLarge", "payload_too_large", "Request body too large."),
+    (
+        "415",
+        "UnsupportedMediaType",
+        "unsupported_media_type",
+        "The body is not declared `application/json`.",
+    ),
     ("503", "RegistryUnavailable", "registry_unavailable", "The registry cannot be reached."),
 ]
 
@@ -363,7 +369,7 @@ def _admin(
         operation["requestBody"] = body
     guard = _errors("Unauthorized", "AdminDisabled", "RegistryUnavailable")
     if body is not None:
-        guard |= _errors("PayloadTooLarge")
+        guard |= _errors("PayloadTooLarge", "UnsupportedMediaType")
     operation["responses"] = {**responses, **guard}
     return operation
 

@@ -31,6 +31,7 @@ __all__ = [
     "filter_response_headers",
     "header_lines",
     "header_value",
+    "scope_cookie",
 ]
 
 Headers = list[tuple[bytes, bytes]]
@@ -311,6 +312,42 @@ class HeaderPolicy:
         return RequestHeaders(kept, content_length, chunked, rid, rid_bytes)
 
 
+def scope_cookie(value: bytes, path_prefix: bytes, base_domains: tuple[bytes, ...]) -> bytes:
+    """A ``Set-Cookie`` value kept to the tenant that set it (like nginx's
+    ``proxy_cookie_domain`` and ``proxy_cookie_path``).
+
+    - A ``Domain`` attribute naming a base domain or a parent of one (``example.com``, ``com``)
+      would hand the cookie to every tenant's subdomain: it is dropped, which leaves a
+      host-only cookie.
+    - On path and query routes (``path_prefix`` given) every tenant shares one origin: the
+      cookie's ``Path`` is put under the route's prefix (``Path=/`` becomes
+      ``Path=/dispatch/<worker>``, ``Path=/x`` becomes ``Path=/dispatch/<worker>/x``; no
+      ``Path`` gets the prefix). This keeps cookies from being *sent* to another tenant's
+      paths; it cannot keep another tenant's script on the same origin from reading them.
+    """
+    parts = value.split(b";")
+    kept = [parts[0]]
+    has_path = False
+    for attribute in parts[1:]:
+        key, _, argument = attribute.partition(b"=")
+        key = key.strip().lower()
+        if key == b"domain":
+            domain = argument.strip().lstrip(b".").lower()
+            if not domain or any(
+                base == domain or base.endswith(b"." + domain) for base in base_domains
+            ):
+                continue
+        elif key == b"path" and path_prefix:
+            has_path = True
+            path = argument.strip()
+            below = path if path.startswith(b"/") and path != b"/" else b""
+            attribute = b" Path=" + path_prefix + below
+        kept.append(attribute)
+    if path_prefix and not has_path:
+        kept.append(b" Path=" + path_prefix)
+    return b";".join(kept)
+
+
 def _framing_error(message: str) -> InvalidRequest:
     """A request whose body framing we refuse: where it ends is unknown, so the answer
     closes the connection (whatever follows cannot be trusted to be a next request)."""
@@ -330,37 +367,45 @@ def _content_length(values: list[bytes]) -> int | None:
     return int(value)
 
 
+# Response headers that need a look: one set lookup tells the rest (most headers) apart.
+_RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"x-request-id", b"location", b"set-cookie"}
+
+
 def filter_response_headers(
-    headers: Iterable[tuple[bytes, bytes]], request_id: bytes, location_prefix: bytes = b""
+    headers: Iterable[tuple[bytes, bytes]],
+    request_id: bytes,
+    location_prefix: bytes = b"",
+    cookie_path: bytes = b"",
+    cookie_domains: tuple[bytes, ...] = (),
 ) -> Headers:
     """The upstream's response headers as the client gets them.
 
     Hop-by-hop headers (and those ``Connection`` names) go, the upstream's ``X-Request-ID`` is
-    replaced by ours, and on path routes an absolute-path ``Location`` gets the route prefix.
+    replaced by ours, on path routes an absolute-path ``Location`` gets the route prefix, and
+    every ``Set-Cookie`` is kept to its tenant (``scope_cookie``).
     """
     out: Headers = []
     named: set[bytes] | None = None
     for name, value in headers:
         lower = name.lower()
-        if lower in HOP_BY_HOP:
-            if lower == b"connection":
-                # Usually "keep-alive" or "close": nothing to remove beyond the hop-by-hop set.
-                for token in value.lower().split(b","):
-                    token = token.strip()
-                    if token not in _NOT_NAMEABLE:
-                        if named is None:
-                            named = set()
-                        named.add(token)
-            continue
-        if lower == b"x-request-id":
-            continue
-        if (
-            location_prefix
-            and lower == b"location"
-            and value.startswith(b"/")
-            and not value.startswith(b"//")
-        ):
-            value = location_prefix + value
+        if lower in _RESPONSE_SPECIAL:
+            if lower in HOP_BY_HOP:
+                if lower == b"connection":
+                    # Usually "keep-alive" or "close": nothing to remove beyond the hop-by-hop
+                    # set.
+                    for token in value.lower().split(b","):
+                        token = token.strip()
+                        if token not in _NOT_NAMEABLE:
+                            if named is None:
+                                named = set()
+                            named.add(token)
+                continue
+            if lower == b"x-request-id":
+                continue
+            if lower == b"set-cookie":
+                value = scope_cookie(value, cookie_path, cookie_domains)
+            elif location_prefix and value.startswith(b"/") and not value.startswith(b"//"):
+                value = location_prefix + value
         out.append((lower, value))
     if named:
         out = [(name, value) for name, value in out if name not in named]

@@ -58,9 +58,9 @@ from dispatcher.proxy.headers import (
     filter_response_headers,
     header_value,
 )
-from dispatcher.proxy.http import Exchange
+from dispatcher.proxy.http import Exchange, route_prefixes
 from dispatcher.proxy.upstreams import Target, UpstreamSelector
-from dispatcher.routing import Route, RouteKind
+from dispatcher.routing import Route
 from dispatcher.settings import Settings
 
 __all__ = ["WebSocketForwarder"]
@@ -121,6 +121,7 @@ class WebSocketForwarder:
         self._selector = selector
         self._tls: ssl.SSLContext | None = None
         self._networks = settings.upstream_networks
+        self._cookie_domains = tuple(domain.encode("ascii") for domain in settings.base_domains)
 
     async def forward(
         self, scope: Scope, receive: Receive, send: Send, route: Route, exchange: Exchange
@@ -175,7 +176,7 @@ class WebSocketForwarder:
         else:
             raise UpstreamUnavailable("The worker has no upstream")
         try:
-            await self._accept(send, upstream, exchange)
+            await self._accept(send, upstream, exchange, route)
             await self._relay(receive, send, upstream, exchange)
         except BaseException:
             upstream.transport.abort()
@@ -228,9 +229,11 @@ class WebSocketForwarder:
             exchange.status = 403  # the server answers a close before accept with 403
             await send({"type": "websocket.close", "code": 1008})
             return
-        prefix = route.prefix.encode("ascii") if route.kind is RouteKind.PATH else b""
+        prefix, cookie_path = route_prefixes(route) if route.prefix else (b"", b"")
         rid = exchange.request_id.encode("ascii")
-        headers = filter_response_headers(_raw(response.headers), rid, prefix)
+        headers = filter_response_headers(
+            _raw(response.headers), rid, prefix, cookie_path, self._cookie_domains
+        )
         exchange.status = response.status_code
         await send(
             {"type": "websocket.http.response.start", "status": exchange.status, "headers": headers}
@@ -242,12 +245,20 @@ class WebSocketForwarder:
         # denial unless its connection_lost, scheduled by the send, has run before we return.
         await asyncio.sleep(0)
 
-    async def _accept(self, send: Send, upstream: ClientConnection, exchange: Exchange) -> None:
+    async def _accept(
+        self, send: Send, upstream: ClientConnection, exchange: Exchange, route: Route
+    ) -> None:
         assert upstream.response is not None
         rid = exchange.request_id.encode("ascii")
         headers = [
             (name, value)
-            for name, value in filter_response_headers(_raw(upstream.response.headers), rid)
+            for name, value in filter_response_headers(
+                _raw(upstream.response.headers),
+                rid,
+                b"",
+                route_prefixes(route)[1] if route.prefix else b"",
+                self._cookie_domains,
+            )
             if not name.startswith(b"sec-websocket-")  # the server writes its own
         ]
         await send(

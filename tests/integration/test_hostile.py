@@ -20,6 +20,12 @@ Classes (issue 13), each with variants beyond the first example found:
 5. a request the dispatcher refuses reaches no upstream at all (any Transfer-Encoding but
    exactly ``chunked``, a 19-digit Content-Length, both framings), its connection is closed,
    and the access log says what the client got;
+6. a path any upstream could read as holding a dot segment (``..``, ``%2e%2e``, ``..%2f``,
+   ``..;``, ``..\\``, double-encoded...) is 400 on every route kind, so nobody walks out of a
+   worker's base path or a path route's prefix;
+7. ``Set-Cookie`` stays with its tenant: a ``Domain`` covering a base domain is dropped, and on
+   path and query routes ``Path`` goes under ``/dispatch/<worker>``;
+8. upstreams in denied networks are never connected to, however their name resolves;
 9. headers claiming earlier hops (``X-Real-IP``, ``True-Client-IP``, ``X-Original-URL``...) are
    dropped; a 101 or a status outside 100-599 from an upstream is 502.
 
@@ -74,6 +80,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
                 await store.add_worker(WorkerCreate(name="beta", upstreams=[upstream.url]))
                 await store.add_worker(
                     WorkerCreate(name="tight", upstreams=[upstream.url], max_concurrency=1)
+                )
+                await store.add_worker(
+                    WorkerCreate(name="based", upstreams=[f"{upstream.url}/app/v1"])
                 )
 
         asyncio.run(seed())
@@ -410,6 +419,114 @@ def test_a_refused_request_reaches_no_upstream_and_closes(rig: Rig, framing: byt
     assert [line["status"] for line in logs if line["event"] == "request"] in ([], [400])
 
 
+# -- 6. dot segments ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        b"/../../secret",
+        b"/%2e%2e/%2e%2e/secret",
+        b"/..%2f..%2fsecret",
+        b"/..;/..;/secret",
+        b"/..\\..\\secret",
+        b"/%2e%2e%5c%2e%2e%5csecret",
+        b"/%2E%2e/secret",
+        b"/%252e%252e/secret",
+        b"/a/./b",
+    ],
+)
+@pytest.mark.parametrize(
+    "host, prefix",
+    [
+        (b"based.localhost", b""),  # subdomain joined to the upstream's base path /app/v1
+        (b"127.0.0.1", b"/dispatch/based"),  # path route
+        (b"127.0.0.1", b"/api/dispatch/alpha"),
+    ],
+    ids=["subdomain-with-base-path", "path-route", "api-path-route"],
+)
+def test_dot_segments_are_refused_on_every_route(
+    rig: Rig, host: bytes, prefix: bytes, path: bytes
+) -> None:
+    before = rig.upstream.seen()
+    answer = ask(rig, get(host, path=prefix + path))
+    assert answer.status == 400 and answer.code == "invalid_request"
+    unseen(rig, before)
+
+
+def test_a_subdomain_path_is_joined_under_the_base_path(rig: Rig) -> None:
+    assert ask(rig, get(b"based.localhost", path=b"/.well-known/x")).status == 200
+    assert rig.upstream.requests[-1].target == b"/app/v1/.well-known/x"
+
+
+# -- 7. cookies ---------------------------------------------------------------------------------
+
+COOKIES = (
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
+    b"Set-Cookie: wide=1; Domain=.localhost; Path=/\r\n"
+    b"Set-Cookie: apex=1; Domain=example.test\r\n"
+    b"Set-Cookie: mine=1; Path=/cart; HttpOnly\r\n\r\n"
+)
+
+
+def set_cookies(answer_bytes: bytes) -> list[bytes]:
+    head = answer_bytes.split(b"\r\n\r\n", 1)[0]
+    return [
+        line.split(b":", 1)[1].strip()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"set-cookie:")
+    ]
+
+
+def raw_answer(rig: Rig, data: bytes) -> bytes:
+    with Client(rig.port) as client:
+        client.send(data)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += client.sock.recv(65536)
+    return received
+
+
+@pytest.mark.parametrize(
+    "host, path, expected",
+    [
+        pytest.param(
+            b"alpha.localhost",
+            b"/script/cookies",
+            [b"wide=1; Path=/", b"apex=1", b"mine=1; Path=/cart; HttpOnly"],
+            id="subdomain",
+        ),
+        pytest.param(
+            b"127.0.0.1",
+            b"/dispatch/alpha/script/cookies",
+            [
+                b"wide=1; Path=/dispatch/alpha",
+                b"apex=1; Path=/dispatch/alpha",
+                b"mine=1; Path=/dispatch/alpha/cart; HttpOnly",
+            ],
+            id="path-route",
+        ),
+    ],
+)
+def test_cookies_stay_with_their_tenant(
+    rig: Rig, host: bytes, path: bytes, expected: list[bytes]
+) -> None:
+    rig.upstream.scripts["cookies"] = COOKIES
+    assert set_cookies(raw_answer(rig, get(host, path=path))) == expected
+
+
+def test_query_route_cookies_go_under_the_workers_own_path(rig: Rig) -> None:
+    # The prefix /dispatch is every worker's: the cookie goes under /dispatch/<worker>, where
+    # no other worker's path or query route can receive it.
+    rig.upstream.scripts["cookies"] = COOKIES
+    data = get(b"127.0.0.1", path=b"/dispatch?worker=alpha&script=cookies")
+    assert set_cookies(raw_answer(rig, data)) == [
+        b"wide=1; Path=/dispatch/alpha",
+        b"apex=1; Path=/dispatch/alpha",
+        b"mine=1; Path=/dispatch/alpha/cart; HttpOnly",
+    ]
+
+
 # -- 9. claims about earlier hops; what an upstream may answer ----------------------------------
 
 
@@ -547,3 +664,52 @@ def test_any_request_head_reaches_the_upstream_well_framed_once_or_not_at_all(
     assert len(new) <= 1, new
     for received in new:
         _passed_the_policy(received, upstream)
+
+
+# -- 8. upstream networks, at connect time ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fenced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    """A dispatcher whose deny list holds loopback: its workers' upstreams (all on loopback,
+    registered straight into the store, as plain SQL could) must never be connected to."""
+    database = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('fenced') / 'f.db'}"
+    with RecordingUpstream() as upstream:
+
+        async def seed() -> None:
+            await upgrade(database)
+            async with RegistryStore.from_url(database) as store:
+                for name, url in [
+                    ("byname", f"http://localhost:{upstream.port}"),
+                    ("byaddr", f"http://127.0.0.1:{upstream.port}"),
+                    ("mapped", f"http://[::ffff:127.0.0.1]:{upstream.port}"),
+                ]:
+                    await store.add_worker(WorkerCreate(name=name, upstreams=[url]))
+
+        asyncio.run(seed())
+        settings = Settings(
+            database_url=database,
+            upstream_denied_networks=("127.0.0.0/8", "::1/128"),
+        )
+        with serve_gateway(create_app(settings)) as server:
+            yield Rig(server.port, upstream)
+
+
+@pytest.mark.parametrize("worker", [b"byname", b"byaddr", b"mapped"])
+def test_a_denied_upstream_address_is_never_connected_to(fenced: Rig, worker: bytes) -> None:
+    answer = ask(fenced, get(worker + b".localhost"))
+    assert answer.status == 502 and answer.code == "upstream_unavailable"
+    assert fenced.upstream.connections == 0
+
+
+def test_a_websocket_to_a_denied_upstream_is_refused(fenced: Rig) -> None:
+    handshake = get(
+        b"byname.localhost",
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        b"Sec-WebSocket-Version: 13",
+    )
+    answer = ask(fenced, handshake)
+    assert answer.status == 502
+    assert fenced.upstream.connections == 0

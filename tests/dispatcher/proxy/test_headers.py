@@ -22,6 +22,7 @@ from dispatcher.proxy.headers import (
     RequestIds,
     TrustPolicy,
     filter_response_headers,
+    scope_cookie,
 )
 
 Headers = list[tuple[bytes, bytes]]
@@ -777,3 +778,56 @@ def test_proxy_information_from_an_untrusted_peer_is_dropped(name: bytes) -> Non
 def test_proxy_information_from_a_trusted_peer_is_passed_on(name: bytes) -> None:
     result = prepare([*BASE, (name, b"10.0.0.1")], peer=TRUSTED_PEER)
     assert values(result.headers, name) == [b"10.0.0.1"]
+
+
+# --- Set-Cookie kept to its tenant ------------------------------------------------------------
+
+BASES = (b"example.com", b"apps.example.net")
+
+
+@pytest.mark.parametrize(
+    ("cookie", "expected"),
+    [
+        pytest.param(b"a=1; Domain=example.com", b"a=1", id="base-domain"),
+        pytest.param(b"a=1; Domain=.example.com; Secure", b"a=1; Secure", id="leading-dot"),
+        pytest.param(b"a=1; domain=EXAMPLE.COM", b"a=1", id="case"),
+        pytest.param(b"a=1; Domain = example.com ", b"a=1", id="blanks"),
+        pytest.param(b"a=1; Domain=com", b"a=1", id="parent-of-a-base"),
+        pytest.param(b"a=1; Domain=example.net", b"a=1", id="parent-of-a-nested-base"),
+        pytest.param(b"a=1; Domain=", b"a=1", id="empty"),
+        pytest.param(b"a=1; Domain=x; Domain=example.com", b"a=1; Domain=x", id="two-domains"),
+        pytest.param(
+            b"a=1; Domain=shop.example.com", b"a=1; Domain=shop.example.com", id="own-subdomain"
+        ),
+        pytest.param(b"a=1; Domain=other.org", b"a=1; Domain=other.org", id="unrelated"),
+        pytest.param(b"a=1; Path=/; HttpOnly", b"a=1; Path=/; HttpOnly", id="host-route-path"),
+    ],
+)
+def test_a_cookie_domain_covering_other_tenants_is_dropped(cookie: bytes, expected: bytes) -> None:
+    assert scope_cookie(cookie, b"", BASES) == expected
+
+
+@pytest.mark.parametrize(
+    ("cookie", "expected"),
+    [
+        pytest.param(b"a=1; Path=/", b"a=1; Path=/dispatch/shop", id="root"),
+        pytest.param(b"a=1; Path=/cart", b"a=1; Path=/dispatch/shop/cart", id="below"),
+        pytest.param(b"a=1; path=/cart; Secure", b"a=1; Path=/dispatch/shop/cart; Secure", id="lc"),
+        pytest.param(b"a=1", b"a=1; Path=/dispatch/shop", id="no-path"),
+        pytest.param(b"a=1; Path=cart", b"a=1; Path=/dispatch/shop", id="not-absolute"),
+        pytest.param(b"a=1; Path=", b"a=1; Path=/dispatch/shop", id="empty"),
+        pytest.param(
+            b"a=1; Domain=example.com; Path=/x",
+            b"a=1; Path=/dispatch/shop/x",
+            id="domain-and-path",
+        ),
+    ],
+)
+def test_a_cookie_path_goes_under_the_route_prefix(cookie: bytes, expected: bytes) -> None:
+    assert scope_cookie(cookie, b"/dispatch/shop", BASES) == expected
+
+
+def test_set_cookie_headers_are_scoped_in_the_response() -> None:
+    upstream = [(b"Set-Cookie", b"a=1; Path=/"), (b"set-cookie", b"b=2; Domain=example.com")]
+    out = filter_response_headers(upstream, b"rid", b"/dispatch/shop", b"/dispatch/shop", BASES)
+    assert values(out, b"set-cookie") == [b"a=1; Path=/dispatch/shop", b"b=2; Path=/dispatch/shop"]
