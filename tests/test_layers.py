@@ -60,6 +60,11 @@ def _allowed(name: str, allowed: tuple[str, ...]) -> bool:
             id="the inbound server: plumbing, errors and responses only",
         ),
         pytest.param(
+            "workers_registry",
+            ("workers_registry", "dispatcher.errors", "dispatcher.hosts"),
+            id="the registry: of the dispatcher, errors and name validation only",
+        ),
+        pytest.param(
             "dispatcher.responses",
             ("dispatcher.asgi", "dispatcher.errors"),
             id="error responses",
