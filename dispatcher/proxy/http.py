@@ -218,10 +218,6 @@ class Forwarder:
             return response
         raise AssertionError("unreachable: a worker has at least one upstream")
 
-    @property
-    def ejected_targets(self) -> dict[str, float]:
-        return self._selector.ejected()
-
     async def _stream_response(
         self,
         send: Send,
