@@ -9,7 +9,6 @@ per request. The ``lifespan`` scope goes to the state, which owns everything lon
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Coroutine
 from typing import Any
@@ -29,7 +28,7 @@ from dispatcher.errors import (
 from dispatcher.logging import access_logger, bind_request_id
 from dispatcher.proxy.http import Forwarder
 from dispatcher.proxy.websocket import WebSocketForwarder
-from dispatcher.responses import error_body, error_head, send_error
+from dispatcher.responses import deny_websocket, error_body, error_head, send_error
 from dispatcher.routing import Route
 from dispatcher.settings import Settings
 from dispatcher.state import DispatcherState
@@ -167,24 +166,10 @@ class Gateway:
             return
         if not exchange.request_id:
             exchange.request_id = request_id_of(scope["headers"])
-        if "websocket.http.response" in scope.get("extensions", {}):
-            exchange.status = exc.status
-            body = error_body(exc, exchange.request_id)
-            await send(
-                {
-                    "type": "websocket.http.response.start",
-                    "status": exc.status,
-                    "headers": error_head(exc, exchange.request_id, len(body)),
-                }
-            )
-            await send({"type": "websocket.http.response.body", "body": body})
-            exchange.bytes_out += len(body)
-            # uvicorn's sansio WebSocket server marks the denial complete one loop turn later;
-            # returning at once makes it log a false "returned without completing handshake".
-            await asyncio.sleep(0)
-        else:  # the server cannot send a denial response: it answers 403
-            exchange.status = 403
-            await send({"type": "websocket.close", "code": 1008})
+        body = error_body(exc, exchange.request_id)
+        await deny_websocket(
+            scope, send, exchange, exc.status, error_head(exc, exchange.request_id, len(body)), body
+        )
 
     def _log_access(
         self, scope: Scope, host_header: bytes, exchange: Exchange, started: float, method: str
