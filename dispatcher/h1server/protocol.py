@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 from urllib.parse import unquote
 
 import httptools
@@ -14,6 +14,7 @@ from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 from uvicorn.server import ServerState
 
+from dispatcher.asgi import DEFAULT_LIMITS, LIMITS_STATE_KEY, REQUEST_IDS, ServerLimits
 from dispatcher.errors import DispatcherError, HeadersTooLarge, InvalidRequest, RequestTimeout
 from dispatcher.h1server.cycle import (
     CLOSE_HEADER,
@@ -23,32 +24,14 @@ from dispatcher.h1server.cycle import (
     Message,
     tokens,
 )
-from dispatcher.proxy.headers import RequestIds
 from dispatcher.responses import error_body, error_head
 
-__all__ = ["DEFAULT_LIMITS", "LIMITS_STATE_KEY", "H1Protocol", "ServerLimits"]
+__all__ = ["H1Protocol"]
 
 _log = logging.getLogger("uvicorn.error")
-_ids = RequestIds()
 
 _CRLF: Final = b"\r\n"
 _SEP: Final = b": "
-
-
-class ServerLimits(NamedTuple):
-    """The deadlines the server holds clients to (DESIGN.md, "Settings")."""
-
-    #: The whole request head must arrive within this many seconds of its first byte.
-    request_head_timeout: float = 10.0
-    #: A request body still due may go this many seconds without a byte.
-    request_body_timeout: float = 30.0
-
-
-DEFAULT_LIMITS: Final = ServerLimits()
-
-#: The key under which an application's lifespan puts its ``ServerLimits`` in the lifespan
-#: state (uvicorn hands that state to every connection).
-LIMITS_STATE_KEY: Final = "dispatcher.server_limits"
 
 
 class _HeadTooLarge(Exception):
@@ -462,7 +445,7 @@ class H1Protocol(asyncio.Protocol):
                 if cycle.started:
                     self.transport.close()
                     return
-        request_id = _ids.new()
+        request_id = REQUEST_IDS.new()
         body = error_body(error, request_id)
         parts = [STATUS_LINES[error.status]]
         for name, value in error_head(error, request_id, len(body)):

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from dispatcher.asgi import RequestIds
 from dispatcher.errors import HeadersTooLarge, InvalidHost, InvalidRequest, LoopDetected
 from dispatcher.proxy.headers import (
     HOP_BY_HOP,
@@ -19,7 +20,6 @@ from dispatcher.proxy.headers import (
     ForwardContext,
     HeaderPolicy,
     RequestHeaders,
-    RequestIds,
     TrustPolicy,
     filter_response_headers,
     scope_cookie,
