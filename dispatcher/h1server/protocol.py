@@ -97,6 +97,8 @@ class H1Protocol(asyncio.Protocol):
         self._head_bytes = 0  # of the complete parts of the head (URL, headers)
         self._in_head = False  # a request head has begun and not ended
         self._in_body = False  # a request head has ended and its body not
+        self._body_in_read = False  # the read being parsed carried body bytes
+        self._framing = 0  # bytes of reads inside a body that carried no body bytes
         self._head_received = 0  # bytes received while a head was unfinished
         self._ended = False  # a request ended in the read being parsed
         self._expect_100 = False
@@ -169,6 +171,15 @@ class H1Protocol(asyncio.Protocol):
                 self._reject(HeadersTooLarge("The request head is too large"))
         elif self._in_body:
             self._read_at = self.loop.time()
+            if self._body_in_read:
+                self._body_in_read = False
+                self._framing = 0
+            else:
+                # Chunk sizes, chunk extensions and trailers, which the parser gathers like a
+                # head and max_body_bytes does not count: held to the head's limit.
+                self._framing += len(data)
+                if self._framing > self.head_limit:
+                    self._reject(HeadersTooLarge("The request trailers are too large"))
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -278,6 +289,7 @@ class H1Protocol(asyncio.Protocol):
             self.pipeline.append(cycle)
 
     def on_body(self, body: bytes) -> None:
+        self._body_in_read = True
         cycle = self._parsing
         if cycle is not None and not cycle.complete:
             cycle.body_received(body)
