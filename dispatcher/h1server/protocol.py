@@ -68,6 +68,9 @@ class H1Protocol(asyncio.Protocol):
         limits: ServerLimits = app_state.get(LIMITS_STATE_KEY, DEFAULT_LIMITS)
         self.head_timeout = limits.request_head_timeout
         self.body_timeout = limits.request_body_timeout
+        # The longest the timer sleeps while a deadline could start unseen: a head beginning
+        # on an idle connection, or a body beginning after a head that began meanwhile.
+        self._tick = min(self.head_timeout, self.body_timeout)
         self.head_limit = config.h11_max_incomplete_event_size or 1024 * 1024
         self.asgi = {"version": config.asgi_version, "spec_version": "2.3"}
         self.parser: Any = httptools.HttpRequestParser(self)
@@ -198,7 +201,7 @@ class H1Protocol(asyncio.Protocol):
         if self._headers:  # trailers of the previous request
             self._headers = []
         if self._timer is None:  # stopped while a request was being answered
-            self._timer = self.loop.call_later(self.head_timeout, self._check_deadlines)
+            self._timer = self.loop.call_later(self._tick, self._check_deadlines)
         self._head_received = 0
         self._expect_100 = False
 
@@ -371,7 +374,7 @@ class H1Protocol(asyncio.Protocol):
         self._idle_since = self.loop.time()
         if self._timer is None:
             self._timer = self.loop.call_later(
-                min(self.keepalive_timeout, self.head_timeout), self._check_deadlines
+                min(self.keepalive_timeout, self._tick), self._check_deadlines
             )
 
     def _check_deadlines(self) -> None:
@@ -380,8 +383,9 @@ class H1Protocol(asyncio.Protocol):
         It runs while the connection waits on the client (idle, inside a head, or inside a
         body still due) and stops while a request is being answered; starting a head or
         becoming idle re-arms it if it stopped. Nothing is armed or cancelled per request:
-        while idle it fires at least every ``request_head_timeout``, so a head that begins
-        meanwhile is seen, and re-armed for that head's own deadline.
+        while idle or inside a head it fires at least every ``min(request_head_timeout,
+        request_body_timeout)``, so a head or a body that begins meanwhile is seen, and
+        re-armed for its own deadline.
         """
         self._timer = None
         if self.transport.is_closing():
@@ -391,12 +395,13 @@ class H1Protocol(asyncio.Protocol):
             current = self.cycle
             if current is not None and not current.complete:
                 # Pipelined behind a request still being answered (reading is paused).
-                left = self.head_timeout
+                left = self._tick
             else:
                 left = self._head_since + self.head_timeout - now
                 if left <= 0:
                     self._reject(RequestTimeout("The request head was not received in time"))
                     return
+                left = min(left, self._tick)  # the body may begin (and need its deadline)
         elif self._in_body:
             cycle = self._parsing
             if self.read_paused or (cycle is not None and cycle.awaiting_continue):
@@ -412,7 +417,7 @@ class H1Protocol(asyncio.Protocol):
             if left <= 0:
                 self.transport.close()
                 return
-            left = min(left, self.head_timeout)
+            left = min(left, self._tick)
         else:
             return  # a request is being answered: re-armed by the next head or idle time
         self._timer = self.loop.call_later(left, self._check_deadlines)

@@ -1072,3 +1072,20 @@ def test_a_request_refused_after_its_head_never_reaches_the_app(
         peer.send(head)
         assert peer.read_response().status == 400
     assert key not in app.scopes
+
+
+class _LongHeadShortBody(Timed):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            scope["state"][LIMITS_STATE_KEY] = ServerLimits(30.0, 0.3)
+        await self.inner(scope, receive, send)
+
+
+def test_a_body_deadline_shorter_than_the_head_deadline_is_kept(app: App) -> None:
+    # The timer must wake for the body's own deadline, not only every request_head_timeout.
+    with (
+        ThreadedServer(_LongHeadShortBody(app), http=H1, timeout_keep_alive=30) as running,
+        Peer(running.port) as peer,
+    ):
+        peer.send(post_head("/echo", b"Content-Length: 10") + b"abc")
+        assert peer.read_response().status == 408

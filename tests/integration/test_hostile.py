@@ -90,6 +90,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             database_url=database,
             base_domains=("localhost", "example.test"),
             trusted_proxies=("192.0.2.1",),  # not the test client: it is untrusted
+            admin_token="admin-token",
             request_head_timeout=TIMEOUT,
             request_body_timeout=TIMEOUT,
             max_response_header_bytes=8192,
@@ -256,6 +257,22 @@ def test_a_stalled_body_is_408_and_frees_the_workers_slot(
     # The upstream request was cancelled: what it got never became a complete request.
     assert not [r for r in rig.upstream.requests if r.value(b"x-request-id") == b"stall-1"]
     assert ask(rig, get(b"tight.localhost")).status == 200  # the slot is free again
+
+
+def test_a_stalled_admin_body_is_408_too(rig: Rig) -> None:
+    # The control plane reads bodies through the same server: its receive times out as well.
+    head = post(
+        b"127.0.0.1",
+        b"Authorization: Bearer admin-token",
+        b"Content-Type: application/json",
+        b"Content-Length: 100",
+        path=b"/admin/workers",
+    )
+    with Client(rig.port) as client:
+        client.send(head + b'{"name": ')
+        answer = client.answer()
+        assert answer.status == 408 and answer.code == "request_timeout"
+        assert client.closed()
 
 
 def test_a_slow_body_that_keeps_coming_is_not_cut(rig: Rig) -> None:
