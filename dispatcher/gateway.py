@@ -76,13 +76,7 @@ class Gateway:
     def _route_scope(
         self, scope: Scope, host_header: bytes, method: str
     ) -> Coroutine[Any, Any, Route | None]:
-        """The route of an ASGI request (the state's coroutine as is: no extra layer).
-
-        A Host on the wire is ASCII (browsers send A-labels): any other byte is refused here,
-        before IDNA folding could map it onto an ASCII name (``\\xaa`` onto ``a``).
-        """
-        if not host_header.isascii():
-            raise InvalidHost("The Host header must be ASCII")
+        """The route of an ASGI request (the state's coroutine as is: no extra layer)."""
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
         return self._route(host_header.decode("latin-1"), raw_path, scope["query_string"], method)
 

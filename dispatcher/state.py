@@ -22,7 +22,7 @@ import structlog
 from dispatcher.asgi import LIMITS_STATE_KEY, Receive, Scope, Send, ServerLimits
 from dispatcher.domains import CustomDomainResolver
 from dispatcher.errors import RegistryUnavailable, RoutingError
-from dispatcher.hosts import normalize_host
+from dispatcher.hosts import normalize_wire_host
 from dispatcher.logging import batched_logs
 from dispatcher.metrics import Metrics, StateReading
 from dispatcher.proxy.transport import UpstreamTransport
@@ -66,7 +66,7 @@ class DispatcherState:
         Raises what ``routing.resolve`` raises (``RoutingError``, ``RegistryUnavailable``,
         ``InvalidRequest``) and ``InvalidHost``.
         """
-        host = normalize_host(host_header)
+        host = normalize_wire_host(host_header)
         table = self.table
         answer: DomainAnswer = None
         if not table.is_control_host(host):  # only a tenant host needs the registry's answer
