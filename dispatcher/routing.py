@@ -31,6 +31,7 @@ from dispatcher.errors import (
     WorkerNotFound,
 )
 from dispatcher.hosts import is_ip_literal, validate_worker_name
+from dispatcher.memo import Memo, memo
 from workers_registry.models import CustomDomain, Worker
 
 __all__ = [
@@ -91,7 +92,6 @@ UNAVAILABLE: Final = _Unavailable.VALUE
 #: What the caller learned about the host from the custom-domain registry.
 DomainAnswer = CustomDomain | None | _Unavailable
 
-_UNKNOWN: Final = object()
 #: Hosts whose subdomain answer a routing table remembers at most.
 _MEMO_SIZE: Final = 10_000
 
@@ -111,9 +111,12 @@ class RoutingTable:
     reserved: frozenset[str]
     workers: Mapping[str, Worker]
     # What ``subdomain_worker`` answered per host: a worker, None, or the error to raise.
-    _subdomains: dict[str, Worker | RoutingError | None] = field(
-        default_factory=dict, compare=False, repr=False
+    _subdomains: Memo[[str], Worker | RoutingError | None] = field(
+        init=False, compare=False, repr=False
     )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_subdomains", memo(_MEMO_SIZE)(self._subdomain_answer))
 
     @classmethod
     def build(
@@ -154,23 +157,19 @@ class RoutingTable:
         answer is a function of the host and this (immutable) table, so it is remembered:
         hosts repeat, and this is on every subdomain request.
         """
-        known = self._subdomains.get(host, _UNKNOWN)
-        if known is _UNKNOWN:
-            try:
-                label = self.subdomain_label(host)
-                known = (
-                    None
-                    if label is None
-                    else self.worker(validate_worker_name(label, self.reserved))
-                )
-            except RoutingError as exc:
-                known = exc
-            if len(self._subdomains) >= _MEMO_SIZE:  # random hosts must not grow it forever
-                self._subdomains.clear()
-            self._subdomains[host] = known
+        known = self._subdomains(host)
         if isinstance(known, RoutingError):
             raise type(known)(known.message)  # a fresh one: a raised error keeps its traceback
-        return known  # type: ignore[return-value]
+        return known
+
+    def _subdomain_answer(self, host: str) -> Worker | RoutingError | None:
+        try:
+            label = self.subdomain_label(host)
+            if label is None:
+                return None
+            return self.worker(validate_worker_name(label, self.reserved))
+        except RoutingError as exc:
+            return exc
 
     def worker(self, name: str) -> Worker:
         """The enabled worker called ``name``, or ``WorkerNotFound``."""
