@@ -2,7 +2,7 @@
 
 Pure functions of data. No I/O, no database, no HTTP client: the custom-domain answer for a
 tenant host is looked up by the caller (through the cache in ``dispatcher.domains``) and passed
-in, so every routing decision is unit-testable. Order (DESIGN.md, "Request flow"):
+in, so every routing decision is unit-testable. Order (README, "How a request is routed"):
 
 1. control host (``localhost``, IP literals, each base domain's apex, ``control_hosts``): the
    control plane, except the path and query routes under ``/dispatch`` and ``/api/dispatch``;
@@ -62,8 +62,8 @@ class Route:
     ``upstream_path`` is the raw path (bytes as the client sent them, starting with ``/``),
     ``query`` the raw query string without ``?``, and ``prefix`` the part of the client's path
     that the route consumed (``X-Forwarded-Prefix``; empty for host routes). Treat it as
-    immutable; it is not frozen only because a frozen dataclass costs a microsecond more to
-    make, once per request.
+    immutable; it is not frozen only because a frozen dataclass is slower to make, and one is
+    made per request.
     """
 
     worker: Worker

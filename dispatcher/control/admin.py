@@ -1,4 +1,4 @@
-"""The operator HTTP API under ``/admin`` (DESIGN.md, "Operator interfaces", "Contract details").
+"""The operator HTTP API under ``/admin`` (README, "Admin HTTP API").
 
     GET    /admin/workers             -> 200 {"workers": [...]}
     POST   /admin/workers             -> 201 the stored worker

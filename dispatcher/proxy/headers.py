@@ -1,4 +1,4 @@
-"""Header policy: what goes upstream and what comes back (DESIGN.md, "Forwarding rules").
+"""Header policy: what goes upstream and what comes back (README, "Forwarding rules").
 
 Everything a client sends about the path a request took (``X-Forwarded-*``, ``Forwarded``,
 ``Via``) is hostile unless the peer is one of ``trusted_proxies``; ``X-Dispatch-*`` and
@@ -131,7 +131,7 @@ def forward_context(scope: Scope, route: Route, host_header: bytes) -> ForwardCo
 
 
 class HeaderPolicy:
-    """Builds the upstream request headers from the client's (DESIGN.md, "Forwarding rules")
+    """Builds the upstream request headers from the client's (README, "Forwarding rules")
     with the dispatcher's settings; shared by both forwarders (HTTP and WebSocket), so they
     apply the same rules from the same trust cache."""
 

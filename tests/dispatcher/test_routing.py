@@ -1,4 +1,4 @@
-"""Request routing (``dispatcher.routing``): DESIGN.md, "Request flow" and "Control plane".
+"""Request routing (``dispatcher.routing``): README, "How a request is routed".
 
 ``resolve`` is pure: every case here is a table of (host, path, query, custom-domain answer)
 against one ``RoutingTable`` built from real ``Worker`` models.
