@@ -28,6 +28,8 @@ import socket
 from collections.abc import Iterable
 from typing import Final
 
+from dispatcher.memo import memo
+
 __all__ = [
     "DEFAULT_DENIED_NETWORKS",
     "IPAddress",
@@ -90,7 +92,8 @@ class UpstreamNetworks:
         self.denied: tuple[IPNetwork, ...] = tuple(
             ipaddress.ip_network(item, strict=False) for item in denied
         )
-        self._known: dict[str, bool] = {}
+        # Remembered: the same few upstream addresses recur at every new connection.
+        self.allows_text = memo(4096)(self._allows_text)
 
     def allows(self, address: IPAddress) -> bool:
         """Whether an upstream connection to ``address`` may be made."""
@@ -104,14 +107,9 @@ class UpstreamNetworks:
             return False
         return not any(address in network for network in self.denied)
 
-    def allows_text(self, address: str) -> bool:
-        """``allows`` for an address as text (remembered: the same few addresses recur)."""
-        known = self._known.get(address)
-        if known is None:
-            known = self.allows(ipaddress.ip_address(address))
-            if len(self._known) < 4096:
-                self._known[address] = known
-        return known
+    def _allows_text(self, address: str) -> bool:
+        """``allows`` for an address as text (``allows_text``, remembered)."""
+        return self.allows(ipaddress.ip_address(address))
 
     def check_host(self, host: str) -> None:
         """Refuse an upstream URL host (registration): raises ``ValueError`` with the reason.

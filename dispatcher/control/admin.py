@@ -1,4 +1,4 @@
-"""The operator HTTP API under ``/admin`` (DESIGN.md, "Operator interfaces", "Contract details").
+"""The operator HTTP API under ``/admin`` (README, "Admin HTTP API").
 
     GET    /admin/workers             -> 200 {"workers": [...]}
     POST   /admin/workers             -> 201 the stored worker
@@ -37,6 +37,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from dispatcher.asgi import ASGIApp, Receive, Scope, Send
+from dispatcher.control.operations import ADMIN_OPERATIONS, Operation
+from dispatcher.control.schemas import DomainList, WorkerList
 from dispatcher.errors import (
     AdminDisabled,
     DomainNotFound,
@@ -51,22 +53,13 @@ from dispatcher.errors import (
 from dispatcher.hosts import normalize_domain
 from dispatcher.settings import Settings
 from workers_registry.models import (
-    CustomDomain,
     CustomDomainCreate,
     CustomDomainPatch,
-    Worker,
     WorkerCreate,
 )
 from workers_registry.store import RegistryStore
 
-__all__ = [
-    "MAX_ADMIN_BODY_BYTES",
-    "MAX_JSON_DEPTH",
-    "AdminGuard",
-    "DomainList",
-    "WorkerList",
-    "admin_routes",
-]
+__all__ = ["MAX_ADMIN_BODY_BYTES", "MAX_JSON_DEPTH", "AdminGuard", "admin_routes"]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
@@ -79,18 +72,6 @@ MAX_JSON_DEPTH = 32
 
 _BEARER = b"bearer "
 _JSON_HEADERS = {"cache-control": "no-store"}
-
-
-class WorkerList(BaseModel):
-    """The body of ``GET /admin/workers``."""
-
-    workers: list[Worker]
-
-
-class DomainList(BaseModel):
-    """The body of ``GET /admin/domains``."""
-
-    domains: list[CustomDomain]
 
 
 class AdminGuard:
@@ -213,36 +194,45 @@ def admin_routes(settings: Settings, store: Callable[[], RegistryStore]) -> list
         await store().remove_domain(_domain_param(request))
         return Response(status_code=204, headers=_JSON_HEADERS)
 
-    routes = [
-        _route("/workers", {"GET": list_workers, "POST": create_worker}),
-        _route(
-            "/workers/{name}", {"GET": show_worker, "PUT": replace_worker, "DELETE": remove_worker}
-        ),
-        _route("/domains", {"GET": list_domains, "POST": create_domain}, query={"GET": "worker"}),
-        _route(
-            "/domains/{domain}",
-            {"GET": show_domain, "PATCH": update_domain, "DELETE": remove_domain},
-        ),
-    ]
+    handlers: dict[str, Handler] = {
+        "listWorkers": list_workers,
+        "createWorker": create_worker,
+        "getWorker": show_worker,
+        "replaceWorker": replace_worker,
+        "deleteWorker": remove_worker,
+        "listDomains": list_domains,
+        "createDomain": create_domain,
+        "getDomain": show_domain,
+        "updateDomain": update_domain,
+        "deleteDomain": remove_domain,
+    }
+    paths: dict[str, list[Operation]] = {}
+    for operation in ADMIN_OPERATIONS:
+        paths.setdefault(operation.path.removeprefix("/admin"), []).append(operation)
+    routes = [_route(path, operations, handlers) for path, operations in paths.items()]
     return [Mount("/admin", routes=routes, middleware=[Middleware(AdminGuard, settings=settings)])]
 
 
-def _route(
-    path: str, handlers: dict[str, Handler], *, query: dict[str, str] | None = None
-) -> Route:
+def _route(path: str, operations: list[Operation], handlers: dict[str, Handler]) -> Route:
     """One route per path, so a 405 answer's ``Allow`` lists every method of the path.
 
-    ``query`` names the one query parameter a method takes; any other is refused, so a typo
-    (``?wroker=shop``) is an error instead of silently meaning "everything".
+    A method takes the query parameters its declaration names; any other is refused, so a
+    typo (``?wroker=shop``) is an error instead of silently meaning "everything".
     """
-    accepted = query or {}
+    by_method = {operation.method: handlers[operation.operation_id] for operation in operations}
+    accepted = {
+        operation.method: parameter.name
+        for operation in operations
+        for parameter in operation.parameters
+        if parameter.location == "query"
+    }
 
     async def endpoint(request: Request) -> Response:
         method = "GET" if request.method == "HEAD" else request.method
         _check_query(request, accepted.get(method))
-        return await handlers[method](request)
+        return await by_method[method](request)
 
-    return Route(path, endpoint, methods=list(handlers))
+    return Route(path, endpoint, methods=list(by_method))
 
 
 def _check_query(request: Request, accepted: str | None) -> None:
