@@ -243,17 +243,11 @@ class H1Protocol(asyncio.Protocol):
             if parsed.host:
                 # RFC 9112 section 3.2.2: the authority of an absolute-form target is the
                 # request's host; the Host header is replaced by it.
-                authority = (
-                    parsed.host
-                    if parsed.port is None
-                    else b"%s:%d"
-                    % (
-                        parsed.host,
-                        parsed.port,
-                    )
-                )
                 if b"@" in url.partition(b"//")[2].partition(b"/")[0]:
                     raise _InvalidTarget  # userinfo in a request target: never legitimate
+                authority = parsed.host
+                if parsed.port is not None:
+                    authority += b":%d" % parsed.port
                 headers = [(n, v) for n, v in headers if n != b"host"]
                 headers.append((b"host", authority))
         path = raw_path.decode("ascii")
