@@ -205,7 +205,7 @@ def resolve_tenant(
 ) -> Route:
     """Route a request on a tenant host (custom domain, then wildcard subdomain)."""
     path = raw_path or b"/"
-    if b"%" in path or b"/." in path or b"\\." in path:  # else no segment can be a dot one
+    if _MAYBE_DOT_SEGMENT.search(path) is not None:
         _reject_dot_segments(path)
     if isinstance(domain, CustomDomain) and domain.routable:
         return Route(table.worker(domain.worker), RouteKind.CUSTOM_DOMAIN, path, query)
@@ -238,7 +238,7 @@ def _path_route(rest: bytes, query: bytes, table: RoutingTable, prefix: str) -> 
     end = rest.find(b"/", 1)
     segment, upstream_path = (rest[1:], b"/") if end == -1 else (rest[1:end], rest[end:])
     name = validate_worker_name(_decode_segment(segment), table.reserved)
-    if b"%" in upstream_path or b"/." in upstream_path or b"\\." in upstream_path:
+    if _MAYBE_DOT_SEGMENT.search(upstream_path) is not None:
         _reject_dot_segments(upstream_path)
     return Route(table.worker(name), RouteKind.PATH, upstream_path, query, f"{prefix}/{name}")
 
@@ -282,6 +282,10 @@ _DOT_SEGMENTS: Final = frozenset({".", ".."})
 # (IIS, some Java and Node ones), ``;`` starts path parameters (``..;`` is ``..`` to Tomcat).
 _SEPARATORS: Final = re.compile(r"[/\\]")
 _DECODE_ROUNDS: Final = 3  # ``%252e`` is ``.`` to an upstream that decodes twice
+# Without a "%", a "/." or a "\\." no segment can be a dot segment: most paths are let
+# through by this one search (``b"%" in path`` would be three calls, and in CPython 3.11 each
+# ``in`` on bytes first fails to read its operand as an integer, raising and clearing an error).
+_MAYBE_DOT_SEGMENT: Final = re.compile(rb"%|[/\\]\.")
 
 
 def _reject_dot_segments(path: bytes) -> None:

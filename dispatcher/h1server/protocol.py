@@ -235,7 +235,9 @@ class H1Protocol(asyncio.Protocol):
         self._headers = []
         version = parser.get_http_version()
         url = self._url
-        if url[:1] == b"/" and b"#" not in url:
+        # find, not "in": in CPython 3.11 "in" on bytes first tries its operand as an integer,
+        # raising and clearing a TypeError on every request.
+        if url[:1] == b"/" and url.find(b"#") < 0:
             raw_path, _, query = url.partition(b"?")
         else:
             parsed = httptools.parse_url(url)
