@@ -47,6 +47,7 @@ from dispatcher.errors import (
     PayloadTooLarge,
     RoutingError,
     Unauthorized,
+    UnsupportedMediaType,
     WorkerNotFound,
 )
 from dispatcher.hosts import normalize_domain
@@ -58,13 +59,16 @@ from workers_registry.models import (
 )
 from workers_registry.store import RegistryStore
 
-__all__ = ["MAX_ADMIN_BODY_BYTES", "AdminGuard", "admin_routes"]
+__all__ = ["MAX_ADMIN_BODY_BYTES", "MAX_JSON_DEPTH", "AdminGuard", "admin_routes"]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
 
 #: Admin bodies are a few hundred bytes; anything much larger is a mistake or an attack.
 MAX_ADMIN_BODY_BYTES = 1024 * 1024
+
+#: Admin bodies nest two levels (a worker's ``tags``); deeper is refused before parsing.
+MAX_JSON_DEPTH = 32
 
 _BEARER = b"bearer "
 _JSON_HEADERS = {"cache-control": "no-store"}
@@ -118,7 +122,7 @@ def admin_routes(settings: Settings, store: Callable[[], RegistryStore]) -> list
     ``store`` returns the running dispatcher's registry store (it raises
     ``RegistryUnavailable`` before the lifespan has opened one).
     """
-    context = {"reserved_names": settings.reserved}
+    context = settings.registration_context
 
     def worker_name(request: Request) -> str:
         value = str(request.path_params["name"])
@@ -271,7 +275,15 @@ def _domain_param(request: Request) -> str:
 
 
 async def _read_json(request: Request) -> Any:
-    """The request body parsed as JSON, read up to ``MAX_ADMIN_BODY_BYTES``."""
+    """The request body parsed as JSON, read up to ``MAX_ADMIN_BODY_BYTES``.
+
+    Only a body declared ``application/json`` (parameters allowed) is read: anything else is
+    415, so a form a browser can send cross-site without a preflight is never taken for JSON.
+    Nesting deeper than ``MAX_JSON_DEPTH`` is 400, decided before the parser recurses.
+    """
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType("Admin request bodies must be sent as application/json")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -281,6 +293,8 @@ async def _read_json(request: Request) -> Any:
             )
     if not body:
         raise _invalid("body", "A JSON object is required")
+    if _nesting(body) > MAX_JSON_DEPTH:
+        raise _invalid("body", f"The body is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = json.loads(body, parse_constant=_reject_constant)
         # "\ud800" escapes decode to lone surrogates, which no database can store as text
@@ -289,6 +303,29 @@ async def _read_json(request: Request) -> Any:
     except (UnicodeError, ValueError):
         raise _invalid("body", "The body is not valid JSON") from None
     return data
+
+
+def _nesting(body: bytes | bytearray) -> int:
+    """The deepest nesting of arrays and objects in a JSON text (brackets inside strings
+    are not counted), found without recursion."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
 
 
 def _reject_constant(name: str) -> Any:
