@@ -3,7 +3,8 @@
 The only module that wires things together. The gateway is a plain ASGI callable:
 
 - ``lifespan``: opens the registry store, loads the worker snapshot and starts following the
-  registry, creates the upstream connection pool; closes them all on shutdown;
+  registry, creates the upstream connection pool, starts the custom-domain verifier; closes
+  them all on shutdown;
 - ``http``: normalise the host, route (pure), then either forward to the worker (hot path: no
   Starlette objects, no database round trip when the custom-domain answer is cached) or hand
   the request to the control-plane Starlette app; exactly one access line per request.
@@ -32,6 +33,7 @@ from dispatcher.errors import (
 from dispatcher.hosts import normalize_host
 from dispatcher.logging import access_logger, batched_logs, bind_request_id
 from dispatcher.metrics import Metrics, StateReading
+from dispatcher.onboarding import DomainVerifier, OnboardingMetrics
 from dispatcher.proxy._h1pool import H1Pool
 from dispatcher.proxy.headers import HeaderPolicy, RequestIds, header_value
 from dispatcher.proxy.http import Exchange, Forwarder
@@ -87,6 +89,9 @@ class Gateway:
         self.domains: CustomDomainResolver | None = None
         self.listener: PostgresListener | None = None
         self.metrics = Metrics(self._state_reading, per_worker=settings.metrics_per_worker)
+        self.onboarding_metrics = OnboardingMetrics()
+        self.metrics.registry.register(self.onboarding_metrics)
+        self.domain_verifier: DomainVerifier | None = None
         self.control = create_control_app(settings, self)
         self._access = access_logger()
         # The access line is written at info: below that level, skip building it at all.
@@ -103,6 +108,12 @@ class Gateway:
         if self.store is None:
             raise RegistryUnavailable("The worker registry is not open yet")
         return self.store
+
+    @property
+    def verifier(self) -> DomainVerifier:
+        if self.domain_verifier is None:
+            raise RegistryUnavailable("The worker registry is not open yet")
+        return self.domain_verifier
 
     async def may_issue_certificate(self, domain: str) -> bool:
         """May Caddy get a certificate for ``domain``? (``/tls/ask``)
@@ -392,8 +403,12 @@ class Gateway:
                 connect_timeout=settings.connect_timeout,
             )
             await self.listener.start()
+        self.domain_verifier = DomainVerifier(self.store, settings, metrics=self.onboarding_metrics)
+        await self.domain_verifier.start()
 
     async def shutdown(self) -> None:
+        if self.domain_verifier is not None:
+            await self.domain_verifier.aclose()
         if self.listener is not None:
             await self.listener.aclose()
         if self.follower is not None:

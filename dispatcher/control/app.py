@@ -26,6 +26,7 @@ from dispatcher.errors import (
     NotFound,
 )
 from dispatcher.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from dispatcher.onboarding import DomainVerifier
 from dispatcher.responses import error_body
 from dispatcher.settings import Settings
 from workers_registry.admin import admin_routes
@@ -52,6 +53,11 @@ class ControlState(Protocol):
     @property
     def registry(self) -> RegistryStore:
         """The open registry store; raises ``RegistryUnavailable`` before start-up."""
+        ...
+
+    @property
+    def verifier(self) -> DomainVerifier:
+        """The domain verifier; raises ``RegistryUnavailable`` before start-up."""
         ...
 
 
@@ -127,7 +133,7 @@ def create_control_app(settings: Settings, state: ControlState) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         *docs_routes(),
-        *admin_routes(settings, lambda: state.registry),
+        *admin_routes(settings, lambda: state.registry, lambda: state.verifier),
     ]
     return Starlette(
         routes=routes,

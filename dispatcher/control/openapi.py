@@ -32,9 +32,10 @@ from dispatcher.control.schemas import (
 from workers_registry.admin import DomainList, WorkerList
 from workers_registry.models import (
     UPSTREAM_URL_PATTERN,
-    CustomDomain,
+    CheckedDomain,
     CustomDomainCreate,
     CustomDomainPatch,
+    DomainRecord,
     Worker,
     WorkerCreate,
 )
@@ -57,7 +58,8 @@ _MODELS: Final[list[tuple[type[BaseModel], JsonSchemaMode]]] = [
     (CustomDomainCreate, "validation"),
     (CustomDomainPatch, "validation"),
     (Worker, "serialization"),
-    (CustomDomain, "serialization"),
+    (DomainRecord, "serialization"),
+    (CheckedDomain, "serialization"),
     (WorkerList, "serialization"),
     (DomainList, "serialization"),
 ]
@@ -112,7 +114,7 @@ def _components() -> dict[str, Any]:
     schemas: dict[str, Any] = top["$defs"]
     for name in ("WorkerCreate", "Worker"):
         _describe_worker_fields(schemas[name])
-    for name in ("CustomDomainCreate", "CustomDomain"):
+    for name in ("CustomDomainCreate", "DomainRecord", "CheckedDomain"):
         schemas[name]["properties"]["worker"].update(_worker_name_schema())
         schemas[name]["properties"]["domain"].update(_domain_schema())
     patch_worker = schemas["CustomDomainPatch"]["properties"]["worker"]["anyOf"][0]
@@ -454,7 +456,10 @@ def _admin_paths() -> dict[str, Any]:
                 "createDomain",
                 "Register a custom domain",
                 {
-                    "201": _json("The stored custom domain", "CustomDomain"),
+                    "201": _json(
+                        "The stored custom domain, with what the customer must publish",
+                        "DomainRecord",
+                    ),
                     **_errors("InvalidRequest", "Conflict"),
                 },
                 body=_body("CustomDomainCreate", "The domain and its worker (which must exist)"),
@@ -467,7 +472,7 @@ def _admin_paths() -> dict[str, Any]:
                 "getDomain",
                 "Show a custom domain",
                 {
-                    "200": _json("The custom domain", "CustomDomain"),
+                    "200": _json("The custom domain", "DomainRecord"),
                     **_errors("InvalidRequest", "DomainNotFound"),
                 },
             ),
@@ -476,7 +481,7 @@ def _admin_paths() -> dict[str, Any]:
                 "updateDomain",
                 "Change a custom domain's status and/or worker",
                 {
-                    "200": _json("The changed custom domain", "CustomDomain"),
+                    "200": _json("The changed custom domain", "DomainRecord"),
                     **_errors("InvalidRequest", "DomainNotFound"),
                 },
                 body=_body("CustomDomainPatch", "The fields to change"),
@@ -486,6 +491,18 @@ def _admin_paths() -> dict[str, Any]:
                 "deleteDomain",
                 "Remove a custom domain",
                 {"204": deleted, **_errors("InvalidRequest", "DomainNotFound")},
+            ),
+        },
+        "/admin/domains/{domain}/verify": {
+            "parameters": [domain],
+            "post": _admin(
+                "domains",
+                "verifyDomain",
+                "Check a custom domain's DNS records now",
+                {
+                    "200": _json("The domain after the check, and the check", "CheckedDomain"),
+                    **_errors("InvalidRequest", "DomainNotFound"),
+                },
             ),
         },
     }
