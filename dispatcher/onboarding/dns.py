@@ -25,6 +25,7 @@ from typing import Literal
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.message
 import dns.name
 import dns.nameserver
@@ -43,7 +44,8 @@ _MAX_CHAIN = 16
 class Finding:
     """The answer to one question: ``verdict`` and, unless ``yes``, why: ``reason`` for
     people, ``cause`` for metrics (``txt_missing``, ``txt_mismatch``, ``nxdomain``,
-    ``not_pointed``, ``cname_loop``; for ``unknown``: ``timeout``, ``servfail``, ``error``)."""
+    ``not_pointed``, ``cname_loop``; for ``unknown``: ``timeout``, ``servfail``, ``truncated``,
+    ``error``)."""
 
     verdict: Verdict
     reason: str = ""
@@ -133,7 +135,7 @@ class DnsProbe:
         try:
             qname = dns.name.from_text(name)
             async with asyncio.timeout(self._timeout + 1.0):
-                return await self._resolver.resolve(
+                answer = await self._resolver.resolve(
                     qname, rdtype, raise_on_no_answer=False, search=False
                 )
         except dns.resolver.NXDOMAIN:
@@ -142,16 +144,29 @@ class DnsProbe:
             return Finding(
                 "unknown", f"The DNS servers did not answer for {name} in time", "timeout"
             )
-        except dns.resolver.NoNameservers:
+        except dns.resolver.NoNameservers as exc:
+            # dnspython reports an answer it could not use as that server's failure: a CNAME
+            # chain that loops or is too long is the answer, not an outage.
+            if any(
+                isinstance(error[3], dns.message.ChainTooLong)
+                for error in exc.kwargs.get("errors", ())
+            ):
+                return _loop(name)
             return Finding(
                 "unknown", f"No DNS server could answer for {name} (SERVFAIL)", "servfail"
             )
         except dns.message.ChainTooLong:
-            return Finding(
-                "no", f"{name} has a CNAME chain that is too long or loops", "cname_loop"
-            )
+            return _loop(name)
         except Exception:  # a hostile or broken answer must never stop the verifier
             return Finding("unknown", f"The DNS answer for {name} could not be used", "error")
+        if answer.response.flags & dns.flags.TC:
+            # Truncated even over TCP (more than 64 KiB): what is missing cannot be judged.
+            return Finding("unknown", f"The DNS answer for {name} is truncated", "truncated")
+        return answer
+
+
+def _loop(name: str) -> Finding:
+    return Finding("no", f"{name} has a CNAME chain that loops or is too long", "cname_loop")
 
 
 def _cname_chain(answer: dns.resolver.Answer) -> list[str]:
