@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from dispatcher.errors import InvalidRequest
+from dispatcher.hosts import MAX_HOST_LENGTH
 from dispatcher.settings import Settings
 from workers_registry.models import (
     CustomDomain,
@@ -31,6 +32,7 @@ def check_placement(spec: CustomDomainCreate, settings: Settings) -> None:
 
     - a control host (``localhost``, a base domain's apex, a ``control_hosts`` entry): the
       control plane answers there, never a worker (IP literals are refused by the model);
+    - a name whose TXT record name would be longer than DNS allows (unless vouched for);
     - a name under a base domain: the platform owns that zone, so a customer's TXT record
       there proves nothing. Accepted only with an explicit ``active`` (the operator vouches:
       exact-beats-wildcard, on purpose).
@@ -42,6 +44,12 @@ def check_placement(spec: CustomDomainCreate, settings: Settings) -> None:
         raise _refuse(f"'{domain}' is a base domain of this dispatcher")
     base = _base_domain_above(domain, settings.base_domains)
     vouched = "status" in spec.model_fields_set and spec.status is DomainStatus.ACTIVE
+    challenge = txt_name(domain, settings)
+    if not vouched and len(challenge) > MAX_HOST_LENGTH:
+        raise _refuse(
+            f"'{domain}' is too long to carry its verification record ({challenge!r} would be "
+            f"longer than {MAX_HOST_LENGTH} characters)"
+        )
     if base is not None and not vouched:
         raise _refuse(
             f"'{domain}' is under the base domain '{base}', which the platform's own DNS "
