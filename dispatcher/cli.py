@@ -167,7 +167,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "lifespan": "on",
         "log_config": None,
         "access_log": False,
-        "proxy_headers": False,  # trust is the dispatcher's decision (DESIGN.md)
+        "proxy_headers": False,  # trust is the dispatcher's decision (README, "Forwarding rules")
         "server_header": False,  # the upstream's Server and Date headers pass through
         "date_header": False,
         # Longer than the keep-alive of the proxy in front (Caddy: 60 s), so the proxy always
@@ -219,7 +219,7 @@ def app_factory() -> Any:
     # The requests in flight keep thousands of young objects alive, so at the default
     # threshold (700 allocations) the collector ran every few requests, walked them and
     # promoted them to older generations only for reference counting to free them later:
-    # 10-15% of the CPU per request, measured with gc.callbacks. Nearly all garbage here is
+    # a large share of the CPU per request (bench/RESULTS.md). Nearly all garbage here is
     # freed by reference counting: collect the young generation rarely.
     gc.set_threshold(_GC_YOUNG_THRESHOLD, 20, 100)
     return app

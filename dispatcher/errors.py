@@ -1,7 +1,7 @@
 """The dispatcher's one exception tree.
 
 Every error the dispatcher itself answers with is one of these; each class carries its
-public ``code`` and HTTP ``status`` from the error contract (DESIGN.md, "Error contract").
+public ``code`` and HTTP ``status`` from the error contract (README, "Errors").
 Foreign exceptions (socket errors, database driver errors) are mapped onto this tree at one
 boundary each and chained with ``from exc``; their text never reaches a client.
 

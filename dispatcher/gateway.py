@@ -190,7 +190,7 @@ class Gateway:
                 "host": host_header.decode("latin-1"),
                 "path": scope["path"],
                 "status": exchange.status,
-                "duration_ms": round(duration * 1_000_000) / 1000,  # round(x, 3) costs 10x
+                "duration_ms": round(duration * 1_000_000) / 1000,  # cheaper than round(x, 3)
                 "route": exchange.route or None,
                 "worker": exchange.worker or None,
                 "upstream": exchange.upstream or None,

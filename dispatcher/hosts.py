@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from functools import lru_cache
 
 import idna
 
 from dispatcher.errors import InvalidHost, InvalidWorkerName, ReservedWorkerName
+from dispatcher.memo import memo
 
 __all__ = [
     "DEFAULT_RESERVED_NAMES",
@@ -52,7 +52,7 @@ def is_valid_worker_name(name: str) -> bool:
     return _WORKER_NAME.fullmatch(name) is not None
 
 
-@lru_cache(maxsize=4096)
+@memo(4096)
 def validate_worker_name(name: str, reserved: frozenset[str] | tuple[str, ...]) -> str:
     """Return the canonical (lowercased) worker name or raise a routing error.
 
@@ -81,7 +81,7 @@ def is_ip_literal(host: str) -> bool:
     return _parses_as_ip(candidate)
 
 
-@lru_cache(maxsize=1024)
+@memo(1024)
 def _parses_as_ip(candidate: str) -> bool:
     # Remembered: control hosts are IP literals on every path-routed request, and parsing one
     # costs more than routing the request.
@@ -92,7 +92,7 @@ def _parses_as_ip(candidate: str) -> bool:
     return True
 
 
-@lru_cache(maxsize=8192)
+@memo(8192)
 def normalize_host(raw: str) -> str:
     """Normalise a Host header (or ``:authority``) value.
 

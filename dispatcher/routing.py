@@ -2,7 +2,7 @@
 
 Pure functions of data. No I/O, no database, no HTTP client: the custom-domain answer for a
 tenant host is looked up by the caller (through the cache in ``dispatcher.domains``) and passed
-in, so every routing decision is unit-testable. Order (DESIGN.md, "Request flow"):
+in, so every routing decision is unit-testable. Order (README, "How a request is routed"):
 
 1. control host (``localhost``, IP literals, each base domain's apex, ``control_hosts``): the
    control plane, except the path and query routes under ``/dispatch`` and ``/api/dispatch``;
@@ -31,6 +31,7 @@ from dispatcher.errors import (
     WorkerNotFound,
 )
 from dispatcher.hosts import is_ip_literal, validate_worker_name
+from dispatcher.memo import Memo, memo
 from workers_registry.models import CustomDomain, Worker
 
 __all__ = [
@@ -61,8 +62,8 @@ class Route:
     ``upstream_path`` is the raw path (bytes as the client sent them, starting with ``/``),
     ``query`` the raw query string without ``?``, and ``prefix`` the part of the client's path
     that the route consumed (``X-Forwarded-Prefix``; empty for host routes). Treat it as
-    immutable; it is not frozen only because a frozen dataclass costs a microsecond more to
-    make, once per request.
+    immutable; it is not frozen only because a frozen dataclass is slower to make, and one is
+    made per request.
     """
 
     worker: Worker
@@ -91,7 +92,6 @@ UNAVAILABLE: Final = _Unavailable.VALUE
 #: What the caller learned about the host from the custom-domain registry.
 DomainAnswer = CustomDomain | None | _Unavailable
 
-_UNKNOWN: Final = object()
 #: Hosts whose subdomain answer a routing table remembers at most.
 _MEMO_SIZE: Final = 10_000
 
@@ -111,9 +111,12 @@ class RoutingTable:
     reserved: frozenset[str]
     workers: Mapping[str, Worker]
     # What ``subdomain_worker`` answered per host: a worker, None, or the error to raise.
-    _subdomains: dict[str, Worker | RoutingError | None] = field(
-        default_factory=dict, compare=False, repr=False
+    _subdomains: Memo[[str], Worker | RoutingError | None] = field(
+        init=False, compare=False, repr=False
     )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_subdomains", memo(_MEMO_SIZE)(self._subdomain_answer))
 
     @classmethod
     def build(
@@ -154,23 +157,19 @@ class RoutingTable:
         answer is a function of the host and this (immutable) table, so it is remembered:
         hosts repeat, and this is on every subdomain request.
         """
-        known = self._subdomains.get(host, _UNKNOWN)
-        if known is _UNKNOWN:
-            try:
-                label = self.subdomain_label(host)
-                known = (
-                    None
-                    if label is None
-                    else self.worker(validate_worker_name(label, self.reserved))
-                )
-            except RoutingError as exc:
-                known = exc
-            if len(self._subdomains) >= _MEMO_SIZE:  # random hosts must not grow it forever
-                self._subdomains.clear()
-            self._subdomains[host] = known
+        known = self._subdomains(host)
         if isinstance(known, RoutingError):
             raise type(known)(known.message)  # a fresh one: a raised error keeps its traceback
-        return known  # type: ignore[return-value]
+        return known
+
+    def _subdomain_answer(self, host: str) -> Worker | RoutingError | None:
+        try:
+            label = self.subdomain_label(host)
+            if label is None:
+                return None
+            return self.worker(validate_worker_name(label, self.reserved))
+        except RoutingError as exc:
+            return exc
 
     def worker(self, name: str) -> Worker:
         """The enabled worker called ``name``, or ``WorkerNotFound``."""

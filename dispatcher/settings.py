@@ -48,7 +48,7 @@ class ConfigError(Exception):
 
 
 class Settings(BaseSettings):
-    """Every setting of the dispatcher, with the defaults of DESIGN.md."""
+    """Every setting of the dispatcher, with its default (README, "Configuration")."""
 
     model_config = SettingsConfigDict(
         env_prefix="DISPATCHER_",

@@ -45,7 +45,7 @@ __all__ = [
 
 
 class DomainStatus(StrEnum):
-    """Where a custom domain is in onboarding (DESIGN.md, "Custom-domain onboarding")."""
+    """Where a custom domain is in onboarding (README, "Custom domains: onboarding")."""
 
     PENDING = "pending"  # waiting for its DNS records; checked on a back-off schedule
     VERIFIED = "verified"  # the TXT record proved ownership; routes

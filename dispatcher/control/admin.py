@@ -1,4 +1,4 @@
-"""The operator HTTP API under ``/admin`` (DESIGN.md, "Operator interfaces", "Contract details").
+"""The operator HTTP API under ``/admin`` (README, "Admin HTTP API").
 
     GET    /admin/workers             -> 200 {"workers": [...]}
     POST   /admin/workers             -> 201 the stored worker
@@ -14,7 +14,7 @@
 
 Domains are answered with their verification record (``DomainRecord``); a new domain must
 pass ``dispatcher.onboarding.check_placement`` too (base domains, control hosts, names under
-a base domain unless vouched for with ``active``).
+a base domain unless vouched for with ``active``; README, "Custom domains: onboarding").
 
 The routes are served by the control plane, so only on control hosts. ``AdminGuard`` runs
 before any of them: with no ``admin_token`` configured every path answers 403
@@ -42,6 +42,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from dispatcher.asgi import ASGIApp, Receive, Scope, Send
+from dispatcher.control.operations import ADMIN_OPERATIONS, Operation
+from dispatcher.control.schemas import DomainList, WorkerList
 from dispatcher.errors import (
     AdminDisabled,
     DomainNotFound,
@@ -61,12 +63,11 @@ from workers_registry.models import (
     CustomDomainCreate,
     CustomDomainPatch,
     DomainRecord,
-    Worker,
     WorkerCreate,
 )
 from workers_registry.store import RegistryStore
 
-__all__ = ["MAX_ADMIN_BODY_BYTES", "AdminGuard", "DomainList", "WorkerList", "admin_routes"]
+__all__ = ["MAX_ADMIN_BODY_BYTES", "AdminGuard", "admin_routes"]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
@@ -76,18 +77,6 @@ MAX_ADMIN_BODY_BYTES = 1024 * 1024
 
 _BEARER = b"bearer "
 _JSON_HEADERS = {"cache-control": "no-store"}
-
-
-class WorkerList(BaseModel):
-    """The body of ``GET /admin/workers``."""
-
-    workers: list[Worker]
-
-
-class DomainList(BaseModel):
-    """The body of ``GET /admin/domains``."""
-
-    domains: list[DomainRecord]
 
 
 class AdminGuard:
@@ -231,37 +220,46 @@ def admin_routes(
         await store().remove_domain(_domain_param(request))
         return Response(status_code=204, headers=_JSON_HEADERS)
 
-    routes = [
-        _route("/workers", {"GET": list_workers, "POST": create_worker}),
-        _route(
-            "/workers/{name}", {"GET": show_worker, "PUT": replace_worker, "DELETE": remove_worker}
-        ),
-        _route("/domains", {"GET": list_domains, "POST": create_domain}, query={"GET": "worker"}),
-        _route(
-            "/domains/{domain}",
-            {"GET": show_domain, "PATCH": update_domain, "DELETE": remove_domain},
-        ),
-        _route("/domains/{domain}/verify", {"POST": verify_domain}),
-    ]
+    handlers: dict[str, Handler] = {
+        "listWorkers": list_workers,
+        "createWorker": create_worker,
+        "getWorker": show_worker,
+        "replaceWorker": replace_worker,
+        "deleteWorker": remove_worker,
+        "listDomains": list_domains,
+        "createDomain": create_domain,
+        "getDomain": show_domain,
+        "updateDomain": update_domain,
+        "deleteDomain": remove_domain,
+        "verifyDomain": verify_domain,
+    }
+    paths: dict[str, list[Operation]] = {}
+    for operation in ADMIN_OPERATIONS:
+        paths.setdefault(operation.path.removeprefix("/admin"), []).append(operation)
+    routes = [_route(path, operations, handlers) for path, operations in paths.items()]
     return [Mount("/admin", routes=routes, middleware=[Middleware(AdminGuard, settings=settings)])]
 
 
-def _route(
-    path: str, handlers: dict[str, Handler], *, query: dict[str, str] | None = None
-) -> Route:
+def _route(path: str, operations: list[Operation], handlers: dict[str, Handler]) -> Route:
     """One route per path, so a 405 answer's ``Allow`` lists every method of the path.
 
-    ``query`` names the one query parameter a method takes; any other is refused, so a typo
-    (``?wroker=shop``) is an error instead of silently meaning "everything".
+    A method takes the query parameters its declaration names; any other is refused, so a
+    typo (``?wroker=shop``) is an error instead of silently meaning "everything".
     """
-    accepted = query or {}
+    by_method = {operation.method: handlers[operation.operation_id] for operation in operations}
+    accepted = {
+        operation.method: parameter.name
+        for operation in operations
+        for parameter in operation.parameters
+        if parameter.location == "query"
+    }
 
     async def endpoint(request: Request) -> Response:
         method = "GET" if request.method == "HEAD" else request.method
         _check_query(request, accepted.get(method))
-        return await handlers[method](request)
+        return await by_method[method](request)
 
-    return Route(path, endpoint, methods=list(handlers))
+    return Route(path, endpoint, methods=list(by_method))
 
 
 def _check_query(request: Request, accepted: str | None) -> None:

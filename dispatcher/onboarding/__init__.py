@@ -1,4 +1,4 @@
-"""Custom-domain onboarding (DESIGN.md, "Custom-domain onboarding").
+"""Custom-domain onboarding (README, "Custom domains: onboarding").
 
 - ``policy``: which domains may be registered, and the verification record shown for each;
 - ``records``: domains as operators see them (the admin API and the CLI);

@@ -184,7 +184,7 @@ class H1Exchange:
 
     async def wait_head(self) -> H1Exchange:
         if self._state == _HEAD:
-            # ``_wait``, inlined: every request waits here (a coroutine layer costs ~1% of one).
+            # ``_wait``, inlined: every request waits here (no coroutine layer for it).
             waiter = self._waiter = self._loop.create_future()
             try:
                 await waiter

@@ -1,4 +1,4 @@
-"""Header policy: what goes upstream and what comes back (DESIGN.md, "Forwarding rules").
+"""Header policy: what goes upstream and what comes back (README, "Forwarding rules").
 
 Everything a client sends about the path a request took (``X-Forwarded-*``, ``Forwarded``,
 ``Via``) is hostile unless the peer is one of ``trusted_proxies``; ``X-Dispatch-*`` and
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Final
 
 from dispatcher.asgi import Headers, RequestIds, Scope
 from dispatcher.errors import HeadersTooLarge, InvalidRequest, LoopDetected
+from dispatcher.memo import memo
 
 if TYPE_CHECKING:
     from dispatcher.routing import Route
@@ -74,22 +75,17 @@ class TrustPolicy:
 
     def __init__(self, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
         self._networks = tuple(networks)
-        self._known: dict[str, bool] = {}
+        self.trusts = memo(4096)(self._trusts)
 
-    def trusts(self, peer: str | None) -> bool:
+    def _trusts(self, peer: str | None) -> bool:
+        """Whether ``peer`` (an address, or ``None`` when unknown) is a trusted proxy."""
         if peer is None:
             return False
-        known = self._known.get(peer)
-        if known is None:
-            try:
-                address = ipaddress.ip_address(peer)
-            except ValueError:  # a unix socket path, for instance
-                known = False
-            else:
-                known = any(address in network for network in self._networks)
-            if len(self._known) < 4096:
-                self._known[peer] = known
-        return known
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:  # a unix socket path, for instance
+            return False
+        return any(address in network for network in self._networks)
 
 
 @dataclass(slots=True)
@@ -135,7 +131,7 @@ def forward_context(scope: Scope, route: Route, host_header: bytes) -> ForwardCo
 
 
 class HeaderPolicy:
-    """Builds the upstream request headers from the client's (DESIGN.md, "Forwarding rules")
+    """Builds the upstream request headers from the client's (README, "Forwarding rules")
     with the dispatcher's settings; shared by both forwarders (HTTP and WebSocket), so they
     apply the same rules from the same trust cache."""
 

@@ -91,7 +91,7 @@ class _Dial(connect):
         return connection
 
     def process_redirect(self, exc: Exception) -> Exception | str:
-        return exc  # a redirect is the client's business (DESIGN.md, "Forwarding rules")
+        return exc  # a redirect is the client's business (README, "Forwarding rules")
 
 
 class WebSocketForwarder:

@@ -1,6 +1,6 @@
 """Host normalisation and worker-name validation (``dispatcher.hosts``).
 
-The contract (DESIGN.md, "Request flow" step 1 and "Control plane"): a host is lowercased, loses
+The contract (README, "How a request is routed"): a host is lowercased, loses
 its port and one trailing dot, and is converted to IDNA ASCII; anything else is ``invalid_host``.
 Worker names are RFC 1123 labels (1-63 of ``[a-z0-9-]``, no hyphen at either end), compared
 lowercased, minus the reserved names.

@@ -1,4 +1,4 @@
-"""Request routing (``dispatcher.routing``): DESIGN.md, "Request flow" and "Control plane".
+"""Request routing (``dispatcher.routing``): README, "How a request is routed".
 
 ``resolve`` is pure: every case here is a table of (host, path, query, custom-domain answer)
 against one ``RoutingTable`` built from real ``Worker`` models.
@@ -775,5 +775,5 @@ def test_remembered_subdomain_answers_are_bounded() -> None:
     for n in range(25_000):
         with pytest.raises(WorkerNotFound):
             table.subdomain_worker(f"w{n}.example.com")
-    assert len(table._subdomains) <= 10_000
+    assert table._subdomains.cache_info().currsize <= 10_000
     assert table.subdomain_worker("shop.example.com") == make_worker("shop")

@@ -1,4 +1,4 @@
-"""Registry models (``workers_registry.models``): DESIGN.md, "Registry" and "Contract details".
+"""Registry models (``workers_registry.models``): README, "Registering workers and domains".
 
 The models are the shapes the admin API, the CLI and the store share; names go through the one
 validator in ``dispatcher.hosts`` with the operator's reserved list from the validation context.

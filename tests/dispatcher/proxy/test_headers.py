@@ -1,4 +1,4 @@
-"""Header policy (``dispatcher.proxy.headers``): DESIGN.md, "Forwarding rules".
+"""Header policy (``dispatcher.proxy.headers``): README, "Forwarding rules".
 
 ASGI gives request header names as lowercase bytes; upstream response names come in any case.
 """
