@@ -23,10 +23,18 @@ from pydantic import ValidationError
 from dispatcher import __version__
 from dispatcher.errors import DispatcherError
 from dispatcher.hosts import normalize_host
+from dispatcher.onboarding import DomainVerifier, check_placement, domain_records
 from dispatcher.routing import UNAVAILABLE, DomainAnswer, Route, RoutingTable, resolve
 from dispatcher.settings import ConfigError, Settings, load_settings
 from workers_registry.migrate import upgrade
-from workers_registry.models import CustomDomainCreate, DomainStatus, WorkerCreate
+from workers_registry.models import (
+    CheckedDomain,
+    CustomDomain,
+    CustomDomainCreate,
+    DomainRecord,
+    DomainStatus,
+    WorkerCreate,
+)
 from workers_registry.store import RegistryStore
 
 __all__ = ["main"]
@@ -102,11 +110,24 @@ def _parser() -> argparse.ArgumentParser:
     dadd = domains.add_parser("add", help="map a custom domain to a worker")
     dadd.add_argument("domain")
     dadd.add_argument("--worker", required=True)
-    dadd.add_argument("--status", choices=[s.value for s in DomainStatus], default="active")
+    dadd.add_argument(
+        "--status",
+        choices=[s.value for s in DomainStatus],
+        help="default pending (verified by DNS); active vouches for the domain, no checks",
+    )
+    dadd.add_argument("--json", action="store_true")
     dadd.set_defaults(handler=_registry(_domains_add))
     dlist = domains.add_parser("list", help="list custom domains")
     dlist.add_argument("--json", action="store_true")
     dlist.set_defaults(handler=_registry(_domains_list))
+    dshow = domains.add_parser("show", help="show a custom domain and its verification record")
+    dshow.add_argument("domain")
+    dshow.add_argument("--json", action="store_true")
+    dshow.set_defaults(handler=_registry(_domains_show))
+    dverify = domains.add_parser("verify", help="check a custom domain's DNS records now")
+    dverify.add_argument("domain")
+    dverify.add_argument("--json", action="store_true")
+    dverify.set_defaults(handler=_registry(_domains_verify))
     dremove = domains.add_parser("remove", help="remove a custom domain")
     dremove.add_argument("domain")
     dremove.set_defaults(handler=_registry(_domains_remove))
@@ -318,25 +339,85 @@ async def _workers_remove(
 
 
 async def _domains_add(store: RegistryStore, settings: Settings, args: argparse.Namespace) -> int:
-    spec = _validate(
-        CustomDomainCreate,
-        {"domain": args.domain, "worker": args.worker, "status": args.status},
-        settings,
-    )
-    domain = await store.add_domain(spec)
-    print(f"added domain {domain.domain} -> {domain.worker} ({domain.status.value})")
+    data = {"domain": args.domain, "worker": args.worker}
+    if args.status is not None:
+        data["status"] = args.status  # given: the operator's word (check_placement reads it)
+    spec = _validate(CustomDomainCreate, data, settings)
+    check_placement(spec, settings)
+    record = await _record(store, settings, await store.add_domain(spec))
+    if args.json:
+        print(json.dumps(record.model_dump(mode="json"), indent=2))
+        return 0
+    print(f"added domain {record.domain} -> {record.worker} ({record.status.value})")
+    if record.status is DomainStatus.PENDING:
+        verification = record.verification
+        print(
+            "\nAsk the customer to create these DNS records:\n"
+            f'  {verification.txt_name}  TXT    "{verification.txt_value}"\n'
+            f"  {record.domain}  CNAME  {verification.cname_target}\n"
+            "(an apex domain that cannot have a CNAME: A/AAAA records with the addresses of "
+            f"{verification.cname_target})\n"
+            "The domain is checked within seconds, then with back-off; it routes once verified.\n"
+            f"Check now: dispatcher domains verify {record.domain}"
+        )
     return 0
+
+
+async def _record(store: RegistryStore, settings: Settings, domain: CustomDomain) -> DomainRecord:
+    return (await domain_records(store, settings, [domain]))[0]
 
 
 async def _domains_list(store: RegistryStore, settings: Settings, args: argparse.Namespace) -> int:
-    domains = await store.list_domains()
+    records = await domain_records(store, settings, await store.list_domains())
     if args.json:
-        print(json.dumps([d.model_dump(mode="json") for d in domains], indent=2))
+        print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
         return 0
     _print_table(
-        ("DOMAIN", "WORKER", "STATUS"), [(d.domain, d.worker, d.status.value) for d in domains]
+        ("DOMAIN", "WORKER", "STATUS", "NOTE"),
+        [(r.domain, r.worker, r.status.value, _note(r)) for r in records],
     )
     return 0
+
+
+def _note(record: DomainRecord) -> str:
+    if record.shadows_worker is not None:
+        return f"shadows worker {record.shadows_worker}'s subdomain"
+    return record.verification.failure_reason or ""
+
+
+async def _domains_show(store: RegistryStore, settings: Settings, args: argparse.Namespace) -> int:
+    domain = _domain_arg(args.domain)
+    found = await store.get_domain(domain)
+    if found is None:
+        raise CommandError(f"domain {domain!r} is not registered")
+    _print_record(await _record(store, settings, found), args.json)
+    return 0
+
+
+async def _domains_verify(
+    store: RegistryStore, settings: Settings, args: argparse.Namespace
+) -> int:
+    report = await DomainVerifier(store, settings).check(_domain_arg(args.domain))
+    record = await _record(store, settings, report.domain)
+    checked = CheckedDomain(**dict(record), check=report.model())
+    if args.json:
+        print(json.dumps(checked.model_dump(mode="json"), indent=2))
+        return 0
+    print(f"check: {report.result}" + (f" ({report.reason})" if report.reason else ""))
+    _print_record(record, False)
+    return 0
+
+
+def _print_record(record: DomainRecord, as_json: bool) -> None:
+    data = record.model_dump(mode="json")
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    verification = data.pop("verification")
+    for key, value in data.items():
+        print(f"{key}: {'' if value is None else value}")
+    for key, value in verification.items():
+        print(f"verification.{key}: {'' if value is None else value}")
 
 
 async def _domains_remove(

@@ -18,7 +18,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -31,7 +31,7 @@ from dispatcher.errors import InvalidHost
 from dispatcher.hosts import DEFAULT_RESERVED_NAMES, normalize_domain, validate_worker_name
 from dispatcher.networks import DEFAULT_DENIED_NETWORKS, UpstreamNetworks
 
-__all__ = ["DEFAULT_CONFIG_FILE", "ConfigError", "Settings", "load_settings"]
+__all__ = ["DEFAULT_CONFIG_FILE", "ConfigError", "Settings", "load_settings", "parse_resolver"]
 
 DEFAULT_CONFIG_FILE = Path("config/dispatcher.toml")
 
@@ -39,6 +39,9 @@ _config_file: ContextVar[Path | None] = ContextVar("dispatcher_config_file", def
 
 StrList = Annotated[tuple[str, ...], NoDecode]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# One DNS label, optionally a service label ("_dispatcher-challenge").
+_CHALLENGE_LABEL = r"^_?[a-z0-9](?:[a-z0-9-]{0,60}[a-z0-9])?$"
 
 
 class ConfigError(Exception):
@@ -78,6 +81,14 @@ class Settings(BaseSettings):
     via_name: str = Field("dispatcher", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     max_hops: int = Field(3, ge=1)
     registry_poll_interval: float = Field(2.0, gt=0)
+    domain_challenge_prefix: str = Field("_dispatcher-challenge", pattern=_CHALLENGE_LABEL)
+    cname_target: str | None = None
+    domain_verify_min_interval: float = Field(60.0, gt=0)
+    domain_verify_max_interval: float = Field(14_400.0, gt=0)
+    domain_verify_timeout: float = Field(604_800.0, gt=0)
+    domain_recheck_interval: float = Field(86_400.0, gt=0)
+    dns_resolvers: StrList = ()
+    dns_timeout: float = Field(5.0, gt=0)
     metrics_per_worker: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
@@ -108,6 +119,7 @@ class Settings(BaseSettings):
         "trusted_proxies",
         "upstream_allowed_networks",
         "upstream_denied_networks",
+        "dns_resolvers",
         mode="before",
     )
     @classmethod
@@ -126,6 +138,31 @@ class Settings(BaseSettings):
             return tuple(normalize_domain(item) for item in value)
         except InvalidHost as exc:
             raise ValueError(f"not a valid domain name ({exc.message})") from exc
+
+    @field_validator("cname_target")
+    @classmethod
+    def _normalise_target(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            return normalize_domain(value.strip())
+        except InvalidHost as exc:
+            raise ValueError(f"not a valid domain name ({exc.message})") from exc
+
+    @field_validator("dns_resolvers")
+    @classmethod
+    def _check_resolvers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            parse_resolver(item)
+        return value
+
+    @model_validator(mode="after")
+    def _check_verify_intervals(self) -> Settings:
+        if self.domain_verify_min_interval > self.domain_verify_max_interval:
+            raise ValueError(
+                "domain_verify_min_interval must not exceed domain_verify_max_interval"
+            )
+        return self
 
     @field_validator("reserved_names")
     @classmethod
@@ -184,9 +221,41 @@ class Settings(BaseSettings):
     def reserved(self) -> frozenset[str]:
         return frozenset(self.reserved_names)
 
+    @property
+    def resolvers(self) -> tuple[tuple[str, int], ...]:
+        """``dns_resolvers`` as (address, port) pairs; empty: the system's resolvers."""
+        return tuple(parse_resolver(item) for item in self.dns_resolvers)
+
     def validate_worker_name(self, name: str) -> str:
         """The one worker-name validator, bound to this configuration's reserved list."""
         return validate_worker_name(name, self.reserved)
+
+
+def parse_resolver(value: str) -> tuple[str, int]:
+    """``host``, ``host:port``, ``addr`` or ``[addr]:port`` as (IP address, port).
+
+    DNS servers are named by address: resolving their names would need a resolver.
+    """
+    text = value.strip()
+    port = 53
+    if text.startswith("["):
+        address, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"{value!r}: write an IPv6 resolver as [address]:port")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        address, _, port_text = text.partition(":")
+    else:
+        address, port_text = text, ""
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+            raise ValueError(f"{value!r}: the port must be 1-65535")
+        port = int(port_text)
+    try:
+        return str(ipaddress.ip_address(address)), port
+    except ValueError:
+        message = f"{value!r}: a resolver is an IP address, optionally with a port"
+        raise ValueError(message) from None
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

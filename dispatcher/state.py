@@ -2,9 +2,10 @@
 
 ``DispatcherState`` owns the long-lived parts of one process: the registry store, the follower
 that keeps the worker snapshot current (and the Postgres listener that wakes it), the
-custom-domain resolver, the routing table built from the snapshot, the metrics, and the
-upstream transport it closes on shutdown. It runs the ASGI lifespan and implements the control
-plane's ``ControlState`` (health, metrics, ``/tls/ask``, the registry for the admin API).
+custom-domain resolver, the routing table built from the snapshot, the metrics, the
+custom-domain verifier, and the upstream transport it closes on shutdown. It runs the ASGI
+lifespan and implements the control plane's ``ControlState`` (health, metrics, ``/tls/ask``,
+the registry and the verifier for the admin API).
 
 It makes the route decision for the data plane and for ``/tls/ask`` alike (``route``): the
 custom-domain answer from the cache, then the same pure ``routing.resolve`` the CLI calls.
@@ -25,6 +26,7 @@ from dispatcher.errors import RegistryUnavailable, RoutingError
 from dispatcher.hosts import normalize_wire_host
 from dispatcher.logging import batched_logs
 from dispatcher.metrics import Metrics, StateReading
+from dispatcher.onboarding import DomainVerifier, OnboardingMetrics
 from dispatcher.proxy.transport import UpstreamTransport
 from dispatcher.proxy.upstreams import UpstreamSelector
 from dispatcher.routing import DomainAnswer, Route, RoutingTable, resolve
@@ -55,6 +57,9 @@ class DispatcherState:
         self.domains: CustomDomainResolver | None = None
         self.listener: PostgresListener | None = None
         self.metrics = Metrics(self._state_reading, per_worker=settings.metrics_per_worker)
+        self.onboarding_metrics = OnboardingMetrics()
+        self.metrics.registry.register(self.onboarding_metrics)
+        self.domain_verifier: DomainVerifier | None = None
 
     # -- the route decision -------------------------------------------------------------------
 
@@ -88,6 +93,12 @@ class DispatcherState:
         if self.store is None:
             raise RegistryUnavailable("The worker registry is not open yet")
         return self.store
+
+    @property
+    def verifier(self) -> DomainVerifier:
+        if self.domain_verifier is None:
+            raise RegistryUnavailable("The worker registry is not open yet")
+        return self.domain_verifier
 
     async def may_issue_certificate(self, domain: str) -> bool:
         """May Caddy get a certificate for ``domain``? (``/tls/ask``)
@@ -191,7 +202,7 @@ class DispatcherState:
                 return
 
     async def startup(self) -> None:
-        """Open the registry, load the snapshot and start following it."""
+        """Open the registry, load the snapshot, start following it and start the verifier."""
         settings = self.settings
         self.store = RegistryStore.from_url(
             settings.async_database_url, connect_timeout=settings.connect_timeout
@@ -218,8 +229,12 @@ class DispatcherState:
                 connect_timeout=settings.connect_timeout,
             )
             await self.listener.start()
+        self.domain_verifier = DomainVerifier(self.store, settings, metrics=self.onboarding_metrics)
+        await self.domain_verifier.start()
 
     async def shutdown(self) -> None:
+        if self.domain_verifier is not None:
+            await self.domain_verifier.aclose()
         if self.listener is not None:
             await self.listener.aclose()
         if self.follower is not None:

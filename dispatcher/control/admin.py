@@ -10,6 +10,11 @@
     GET    /admin/domains/{domain}    -> 200 the custom domain
     PATCH  /admin/domains/{domain}    -> 200 the changed custom domain (status and/or worker)
     DELETE /admin/domains/{domain}    -> 204
+    POST   /admin/domains/{domain}/verify -> 200 the domain after a check made now
+
+Domains are answered with their verification record (``DomainRecord``); a new domain must
+pass ``dispatcher.onboarding.check_placement`` too (base domains, control hosts, names under
+a base domain unless vouched for with ``active``; README, "Custom domains: onboarding").
 
 The routes are served by the control plane, so only on control hosts. ``AdminGuard`` runs
 before any of them: with no ``admin_token`` configured every path answers 403
@@ -51,10 +56,14 @@ from dispatcher.errors import (
     WorkerNotFound,
 )
 from dispatcher.hosts import normalize_domain
+from dispatcher.onboarding import DomainVerifier, check_placement, domain_records
 from dispatcher.settings import Settings
 from workers_registry.models import (
+    CheckedDomain,
+    CustomDomain,
     CustomDomainCreate,
     CustomDomainPatch,
+    DomainRecord,
     WorkerCreate,
 )
 from workers_registry.store import RegistryStore
@@ -116,13 +125,23 @@ def _bearer_token(scope: Scope) -> bytes | None:
     return None
 
 
-def admin_routes(settings: Settings, store: Callable[[], RegistryStore]) -> list[BaseRoute]:
+def admin_routes(
+    settings: Settings,
+    store: Callable[[], RegistryStore],
+    verifier: Callable[[], DomainVerifier],
+) -> list[BaseRoute]:
     """The ``/admin`` routes, guarded by ``AdminGuard``.
 
-    ``store`` returns the running dispatcher's registry store (it raises
-    ``RegistryUnavailable`` before the lifespan has opened one).
+    ``store`` and ``verifier`` return the running dispatcher's registry store and domain
+    verifier (they raise ``RegistryUnavailable`` before the lifespan has opened them).
     """
     context = settings.registration_context
+
+    async def records(domains: list[CustomDomain]) -> list[DomainRecord]:
+        return await domain_records(store(), settings, domains)
+
+    async def record(domain: CustomDomain) -> DomainRecord:
+        return (await records([domain]))[0]
 
     def worker_name(request: Request) -> str:
         value = str(request.path_params["name"])
@@ -171,24 +190,35 @@ def admin_routes(settings: Settings, store: Callable[[], RegistryStore]) -> list
                 worker = settings.validate_worker_name(worker)
             except RoutingError as exc:
                 raise _invalid("worker", exc.message) from None
-        return _json(DomainList(domains=await store().list_domains(worker)))
+        domains = await store().list_domains(worker)
+        return _json(DomainList(domains=await records(domains)))
 
     async def create_domain(request: Request) -> Response:
         spec = _validate(CustomDomainCreate, await _read_json(request), context)
+        check_placement(spec, settings)
         domain = await store().add_domain(spec)
-        return _json(domain, 201, location=f"/admin/domains/{domain.domain}")
+        verifier().wake()
+        return _json(await record(domain), 201, location=f"/admin/domains/{domain.domain}")
 
     async def show_domain(request: Request) -> Response:
         key = _domain_param(request)
         domain = await store().get_domain(key)
         if domain is None:
             raise _domain_missing(key)
-        return _json(domain)
+        return _json(await record(domain))
 
     async def update_domain(request: Request) -> Response:
         key = _domain_param(request)
         patch = _validate(CustomDomainPatch, await _read_json(request), context)
-        return _json(await store().update_domain(key, patch))
+        domain = await store().update_domain(key, patch)
+        if patch.status is not None:
+            verifier().wake()
+        return _json(await record(domain))
+
+    async def verify_domain(request: Request) -> Response:
+        report = await verifier().check(_domain_param(request))
+        shown = await record(report.domain)
+        return _json(CheckedDomain(**dict(shown), check=report.model()))
 
     async def remove_domain(request: Request) -> Response:
         await store().remove_domain(_domain_param(request))
@@ -205,6 +235,7 @@ def admin_routes(settings: Settings, store: Callable[[], RegistryStore]) -> list
         "getDomain": show_domain,
         "updateDomain": update_domain,
         "deleteDomain": remove_domain,
+        "verifyDomain": verify_domain,
     }
     paths: dict[str, list[Operation]] = {}
     for operation in ADMIN_OPERATIONS:

@@ -99,7 +99,7 @@ def _components() -> dict[str, Any]:
     schemas: dict[str, Any] = top["$defs"]
     for name in ("WorkerCreate", "Worker"):
         _describe_worker_fields(schemas[name])
-    for name in ("CustomDomainCreate", "CustomDomain"):
+    for name in ("CustomDomainCreate", "DomainRecord", "CheckedDomain"):
         schemas[name]["properties"]["worker"].update(_worker_name_schema())
         schemas[name]["properties"]["domain"].update(_domain_schema())
     patch_worker = schemas["CustomDomainPatch"]["properties"]["worker"]["anyOf"][0]

@@ -147,7 +147,7 @@ def test_domains_add_list_set_status_remove(
     (domain,) = json.loads(run(capsys, "domains", "list", "--json")[1])
     assert domain["domain"] == "shop.example.org"
     assert domain["worker"] == "shop"
-    assert domain["status"] == "active"
+    assert domain["status"] == "pending"  # the default: checked by DNS before it routes
 
     assert run(capsys, "domains", "set-status", "shop.example.org", "failed")[0] == 0
     (domain,) = json.loads(run(capsys, "domains", "list", "--json")[1])
@@ -184,7 +184,7 @@ def test_removing_a_worker_removes_its_domains(
 
 def test_resolve_prints_the_route(registry: str, capsys: pytest.CaptureFixture[str]) -> None:
     run(capsys, "workers", "add", "shop", "--upstream", "http://127.0.0.1:1")
-    run(capsys, "domains", "add", "shop.example.org", "--worker", "shop")
+    run(capsys, "domains", "add", "shop.example.org", "--worker", "shop", "--status", "active")
 
     code, out, _ = run(capsys, "resolve", "http://shop.localhost:8080/a/b?x=1", "--json")
     assert code == 0
