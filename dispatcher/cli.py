@@ -18,12 +18,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
 from pydantic import ValidationError
 
 from dispatcher import __version__
 from dispatcher.errors import DispatcherError
 from dispatcher.hosts import normalize_host
-from dispatcher.onboarding import DomainVerifier, check_placement, domain_records
+from dispatcher.onboarding import (
+    DomainVerifier,
+    check_placement,
+    domain_records,
+    log_operator_status,
+)
 from dispatcher.routing import UNAVAILABLE, DomainAnswer, Route, RoutingTable, resolve
 from dispatcher.settings import ConfigError, Settings, load_settings
 from workers_registry.migrate import upgrade
@@ -250,6 +256,10 @@ RegistryCommand = Callable[[RegistryStore, Settings, argparse.Namespace], Awaita
 
 def _registry(command: RegistryCommand) -> Callable[[Settings, argparse.Namespace], int]:
     def run(settings: Settings, args: argparse.Namespace) -> int:
+        # Log lines (a status change found by `domains verify`, say) go to stderr: stdout is
+        # the command's answer, JSON with --json.
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+
         async def go() -> int:
             await upgrade(settings.async_database_url)
             store = RegistryStore.from_url(settings.async_database_url)
@@ -432,6 +442,7 @@ async def _domains_set_status(
 ) -> int:
     domain = _domain_arg(args.domain)
     updated = await store.set_domain_status(domain, DomainStatus(args.status))
+    log_operator_status(updated, "CLI")
     print(f"domain {updated.domain} is now {updated.status.value}")
     return 0
 

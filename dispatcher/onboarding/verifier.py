@@ -39,7 +39,7 @@ from dispatcher.settings import Settings
 from workers_registry.models import CustomDomain, DomainCheck, DomainStatus
 from workers_registry.store import RegistryStore
 
-__all__ = ["CheckReport", "DomainVerifier", "OnboardingMetrics"]
+__all__ = ["CheckReport", "DomainVerifier", "OnboardingMetrics", "log_operator_status"]
 
 _log = structlog.get_logger("dispatcher.onboarding")
 
@@ -299,6 +299,18 @@ class DomainVerifier:
                 on_demand=on_demand,
             )
         return CheckReport(written, plan.result, plan.reason, domain.status)
+
+
+def log_operator_status(domain: CustomDomain, via: str) -> None:
+    """The status-change line for a status an operator set (``via``: the admin API, the CLI)."""
+    _log.info(
+        "domain_status_changed",
+        domain=domain.domain,
+        worker=domain.worker,
+        status=domain.status.value,
+        reason=f"set by the operator ({via})",
+        on_demand=True,
+    )
 
 
 def _changes(plan: Plan) -> dict[str, Any]:
