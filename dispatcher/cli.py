@@ -46,6 +46,18 @@ from workers_registry.store import RegistryStore
 __all__ = ["main"]
 
 
+class _StderrLogger:
+    """A structlog logger writing each line to whatever ``sys.stderr`` is at the time."""
+
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = failure = msg
+
+
 class CommandError(Exception):
     """A command failed in a way the operator can fix; the message is printed as is."""
 
@@ -258,7 +270,7 @@ def _registry(command: RegistryCommand) -> Callable[[Settings, argparse.Namespac
     def run(settings: Settings, args: argparse.Namespace) -> int:
         # Log lines (a status change found by `domains verify`, say) go to stderr: stdout is
         # the command's answer, JSON with --json.
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+        structlog.configure(logger_factory=_StderrLogger)
 
         async def go() -> int:
             await upgrade(settings.async_database_url)
