@@ -176,9 +176,11 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "http": "dispatcher.h1server:H1Protocol"
         if settings.http_server == "dispatcher"
         else "httptools",
-        # The largest request head the server accepts (431 above it): well above the
-        # dispatcher's own max_header_bytes, so the dispatcher answers 431 itself first.
-        "h11_max_incomplete_event_size": max(1 << 20, 4 * settings.max_header_bytes),
+        # The largest request head the server accepts (431 above it): above the dispatcher's
+        # own max_header_bytes (which counts header lines only), so the dispatcher answers 431
+        # itself first, and small enough that unfinished heads hold little memory: each
+        # connection keeps at most this much until request_head_timeout closes it.
+        "h11_max_incomplete_event_size": 2 * settings.max_header_bytes + 16 * 1024,
         # Said, not guessed: the gateway's __call__ is a plain function returning a coroutine.
         "interface": "asgi3",
         "ws": "websockets-sansio",  # supports the websocket.http.response denial extension
@@ -287,7 +289,7 @@ def _registry(command: RegistryCommand) -> Callable[[Settings, argparse.Namespac
 
 def _validate(model: Any, data: dict[str, Any], settings: Settings) -> Any:
     try:
-        return model.model_validate(data, context={"reserved_names": settings.reserved})
+        return model.model_validate(data, context=settings.registration_context)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'value'}: "

@@ -21,6 +21,7 @@ __all__ = [
     "is_valid_worker_name",
     "normalize_domain",
     "normalize_host",
+    "normalize_wire_host",
     "validate_worker_name",
 ]
 
@@ -90,6 +91,19 @@ def _parses_as_ip(candidate: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+@memo(8192)
+def normalize_wire_host(raw: str) -> str:
+    """``normalize_host`` for a Host as it arrived on the wire (latin-1 decoded).
+
+    A Host on the wire is ASCII (browsers send A-labels): any other byte is ``InvalidHost``
+    here, before IDNA folding could map it onto an ASCII name (``\\xaa`` onto ``a``). Cached
+    like ``normalize_host``, so a known host costs one lookup.
+    """
+    if not raw.isascii():
+        raise InvalidHost("The Host header must be ASCII")
+    return normalize_host(raw)
 
 
 @memo(8192)

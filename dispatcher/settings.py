@@ -29,6 +29,7 @@ from pydantic_settings import (
 
 from dispatcher.errors import InvalidHost
 from dispatcher.hosts import DEFAULT_RESERVED_NAMES, normalize_domain, validate_worker_name
+from dispatcher.networks import DEFAULT_DENIED_NETWORKS, UpstreamNetworks
 
 __all__ = ["DEFAULT_CONFIG_FILE", "ConfigError", "Settings", "load_settings", "parse_resolver"]
 
@@ -63,6 +64,8 @@ class Settings(BaseSettings):
     reserved_names: StrList = DEFAULT_RESERVED_NAMES
     admin_token: SecretStr | None = None
     trusted_proxies: StrList = ("127.0.0.1", "::1")
+    upstream_allowed_networks: StrList = ()
+    upstream_denied_networks: StrList = DEFAULT_DENIED_NETWORKS
     domain_cache_ttl: float = Field(60.0, ge=0)
     domain_negative_ttl: float = Field(10.0, ge=0)
     domain_cache_size: int = Field(100_000, ge=1)
@@ -72,6 +75,9 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(256, ge=1)
     stream_idle_timeout: float = Field(300.0, gt=0)
     max_header_bytes: int = Field(32_768, ge=1024)
+    request_head_timeout: float = Field(10.0, gt=0)
+    request_body_timeout: float = Field(30.0, gt=0)
+    max_response_header_bytes: int = Field(65_536, ge=1024)
     via_name: str = Field("dispatcher", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     max_hops: int = Field(3, ge=1)
     registry_poll_interval: float = Field(2.0, gt=0)
@@ -111,6 +117,8 @@ class Settings(BaseSettings):
         "control_hosts",
         "reserved_names",
         "trusted_proxies",
+        "upstream_allowed_networks",
+        "upstream_denied_networks",
         "dns_resolvers",
         mode="before",
     )
@@ -161,7 +169,7 @@ class Settings(BaseSettings):
     def _lowercase_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(item.lower() for item in value)
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "upstream_allowed_networks", "upstream_denied_networks")
     @classmethod
     def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for item in value:
@@ -197,6 +205,17 @@ class Settings(BaseSettings):
     @property
     def trusted_networks(self) -> tuple[IPNetwork, ...]:
         return tuple(ipaddress.ip_network(item, strict=False) for item in self.trusted_proxies)
+
+    @property
+    def upstream_networks(self) -> UpstreamNetworks:
+        """Where workers' upstreams may be (checked at registration and at connect time)."""
+        return UpstreamNetworks(self.upstream_allowed_networks, self.upstream_denied_networks)
+
+    @property
+    def registration_context(self) -> dict[str, Any]:
+        """The validation context of a worker or domain registered by an operator (admin
+        API, CLI): the reserved names and the upstream network rule."""
+        return {"reserved_names": self.reserved, "upstream_networks": self.upstream_networks}
 
     @property
     def reserved(self) -> frozenset[str]:

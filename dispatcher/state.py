@@ -20,10 +20,10 @@ from typing import Any
 
 import structlog
 
-from dispatcher.asgi import Receive, Send
+from dispatcher.asgi import LIMITS_STATE_KEY, Receive, Scope, Send, ServerLimits
 from dispatcher.domains import CustomDomainResolver
 from dispatcher.errors import RegistryUnavailable, RoutingError
-from dispatcher.hosts import normalize_host
+from dispatcher.hosts import normalize_wire_host
 from dispatcher.logging import batched_logs
 from dispatcher.metrics import Metrics, StateReading
 from dispatcher.onboarding import DomainVerifier, OnboardingMetrics
@@ -71,7 +71,7 @@ class DispatcherState:
         Raises what ``routing.resolve`` raises (``RoutingError``, ``RegistryUnavailable``,
         ``InvalidRequest``) and ``InvalidHost``.
         """
-        host = normalize_host(host_header)
+        host = normalize_wire_host(host_header)
         table = self.table
         answer: DomainAnswer = None
         if not table.is_control_host(host):  # only a tenant host needs the registry's answer
@@ -170,8 +170,18 @@ class DispatcherState:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def lifespan(self, receive: Receive, send: Send) -> None:
-        """The ASGI lifespan: ``startup`` on start, ``shutdown`` on stop."""
+    async def lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI lifespan: ``startup`` on start, ``shutdown`` on stop.
+
+        It also tells the HTTP server the request deadlines to hold clients to, through the
+        lifespan state the server hands every connection (``dispatcher.asgi.ServerLimits``).
+        """
+        state = scope.get("state")
+        if state is not None:
+            state[LIMITS_STATE_KEY] = ServerLimits(
+                request_head_timeout=self.settings.request_head_timeout,
+                request_body_timeout=self.settings.request_body_timeout,
+            )
         async with batched_logs():
             await self._lifespan_events(receive, send)
 

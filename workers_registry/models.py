@@ -137,8 +137,16 @@ class WorkerSpec(BaseModel):
 
     @field_validator("upstreams")
     @classmethod
-    def _check_upstreams(cls, value: list[str]) -> list[str]:
-        return [check_upstream_url(url) for url in value]
+    def _check_upstreams(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        urls = [check_upstream_url(url) for url in value]
+        # Registration only (admin API, CLI): rows already stored are not judged again here;
+        # the dispatcher checks every address again when it connects.
+        context = info.context if isinstance(info.context, dict) else {}
+        networks = context.get("upstream_networks")
+        if networks is not None:
+            for url in urls:
+                networks.check_host(urlsplit(url).hostname or "")
+        return urls
 
 
 class WorkerCreate(WorkerSpec):

@@ -52,6 +52,7 @@ from dispatcher.errors import (
     PayloadTooLarge,
     RoutingError,
     Unauthorized,
+    UnsupportedMediaType,
     WorkerNotFound,
 )
 from dispatcher.hosts import normalize_domain
@@ -72,13 +73,16 @@ from workers_registry.models import (
 )
 from workers_registry.store import RegistryStore
 
-__all__ = ["MAX_ADMIN_BODY_BYTES", "AdminGuard", "admin_routes"]
+__all__ = ["MAX_ADMIN_BODY_BYTES", "MAX_JSON_DEPTH", "AdminGuard", "admin_routes"]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
 
 #: Admin bodies are a few hundred bytes; anything much larger is a mistake or an attack.
 MAX_ADMIN_BODY_BYTES = 1024 * 1024
+
+#: Admin bodies nest two levels (a worker's ``tags``); deeper is refused before parsing.
+MAX_JSON_DEPTH = 32
 
 _BEARER = b"bearer "
 _JSON_HEADERS = {"cache-control": "no-store"}
@@ -136,7 +140,7 @@ def admin_routes(
     ``store`` and ``verifier`` return the running dispatcher's registry store and domain
     verifier (they raise ``RegistryUnavailable`` before the lifespan has opened them).
     """
-    context = {"reserved_names": settings.reserved}
+    context = settings.registration_context
 
     async def records(domains: list[CustomDomain]) -> list[DomainRecord]:
         return await domain_records(store(), settings, domains)
@@ -308,7 +312,15 @@ def _domain_param(request: Request) -> str:
 
 
 async def _read_json(request: Request) -> Any:
-    """The request body parsed as JSON, read up to ``MAX_ADMIN_BODY_BYTES``."""
+    """The request body parsed as JSON, read up to ``MAX_ADMIN_BODY_BYTES``.
+
+    Only a body declared ``application/json`` (parameters allowed) is read: anything else is
+    415, so a form a browser can send cross-site without a preflight is never taken for JSON.
+    Nesting deeper than ``MAX_JSON_DEPTH`` is 400, decided before the parser recurses.
+    """
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType("Admin request bodies must be sent as application/json")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -318,6 +330,8 @@ async def _read_json(request: Request) -> Any:
             )
     if not body:
         raise _invalid("body", "A JSON object is required")
+    if _nesting(body) > MAX_JSON_DEPTH:
+        raise _invalid("body", f"The body is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = json.loads(body, parse_constant=_reject_constant)
         # "\ud800" escapes decode to lone surrogates, which no database can store as text
@@ -326,6 +340,29 @@ async def _read_json(request: Request) -> Any:
     except (UnicodeError, ValueError):
         raise _invalid("body", "The body is not valid JSON") from None
     return data
+
+
+def _nesting(body: bytes | bytearray) -> int:
+    """The deepest nesting of arrays and objects in a JSON text (brackets inside strings
+    are not counted), found without recursion."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
 
 
 def _reject_constant(name: str) -> Any:

@@ -128,7 +128,7 @@ def test_every_admin_operation_is_described(
         assert content["schema"] == {"$ref": f"#/components/schemas/{body}"}
         assert resolve(document, content["schema"])["type"] == "object"
     responses = operation["responses"]
-    errors = errors | {"401", "403", "503"} | ({"413"} if body else set())
+    errors = errors | {"401", "403", "503"} | ({"413", "415"} if body else set())
     assert set(responses) == {success} | errors
     if success != "204":
         schema = resolve(document, responses[success])["content"]["application/json"]["schema"]
