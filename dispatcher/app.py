@@ -38,6 +38,7 @@ from dispatcher.proxy.http import Exchange, Forwarder
 from dispatcher.proxy.transport import UpstreamTransport
 from dispatcher.proxy.upstreams import UpstreamSelector
 from dispatcher.proxy.websocket import WebSocketForwarder
+from dispatcher.ratelimit import RateLimiter
 from dispatcher.responses import error_body, error_head, send_error
 from dispatcher.routing import (
     Route,
@@ -81,12 +82,14 @@ class Gateway:
         selector = UpstreamSelector()
         self.forwarder = Forwarder(settings, self.transport, policy, selector)
         self.websockets = WebSocketForwarder(settings, policy, selector)
+        self.limiter = RateLimiter(settings)
         self.table = self._table(RegistrySnapshot(version=-1, workers=()))
         self.store: RegistryStore | None = None
         self.follower: RegistryFollower | None = None
         self.domains: CustomDomainResolver | None = None
         self.listener: PostgresListener | None = None
         self.metrics = Metrics(self._state_reading, per_worker=settings.metrics_per_worker)
+        self.metrics.registry.register(self.limiter)
         self.control = create_control_app(settings, self)
         self._access = access_logger()
         # The access line is written at info: below that level, skip building it at all.
@@ -165,6 +168,10 @@ class Gateway:
             "hit_ratio": round(domains.hit_ratio, 4),
         }
         checks["upstreams"] = {"ejected": self.forwarder.ejected_targets}
+        # Reported, not judged: every replica shares the one Redis, so taking replicas out of
+        # rotation for it would not help; rate_limit_fail_open decides what requests see.
+        await self.limiter.probe()
+        checks["rate_limit"] = self.limiter.state()
         if self.listener is not None:
             checks["listener"] = {"connected": self.listener.connected}
             ok = ok and self.listener.connected
@@ -217,6 +224,8 @@ class Gateway:
             if route is None:
                 await self._control(scope, receive, send, exchange)
             else:
+                if route.worker.rate_limited:
+                    await self._admit(scope, route, exchange)
                 await self.forwarder.forward(scope, receive, send, route, exchange)
         except DispatcherError as exc:
             await self._fail(scope, send, exc, exchange)
@@ -235,6 +244,8 @@ class Gateway:
             route = await self._route_scope(scope, host_header, "GET")
             if route is None:
                 raise NotFound("WebSockets are only forwarded to workers")
+            if route.worker.rate_limited:  # a handshake counts as one request
+                await self._admit(scope, route, exchange)
             await self.websockets.forward(scope, receive, send, route, exchange)
         except DispatcherError as exc:
             await self._deny(scope, send, exc, exchange)
@@ -243,6 +254,12 @@ class Gateway:
             await self._deny(scope, send, DispatcherError(), exchange)
         finally:
             self._log_access(scope, host_header, exchange, started, "GET")
+
+    async def _admit(self, scope: Scope, route: Route, exchange: Exchange) -> None:
+        """The rate limits of a worker that has some (the only ones that get here)."""
+        exchange.worker = route.worker.name
+        exchange.route = route.kind
+        await self.limiter.admit(scope, route.worker)
 
     async def _control(
         self, scope: Scope, receive: Receive, send: Send, exchange: Exchange
@@ -399,11 +416,13 @@ class Gateway:
         if self.follower is not None:
             await self.follower.aclose()
         await self.transport.aclose()
+        await self.limiter.aclose()
         if self.store is not None:
             await self.store.aclose()
 
     def _apply_snapshot(self, snapshot: RegistrySnapshot) -> None:
         self.table = self._table(snapshot)
+        self.limiter.forget()
         if self.domains is not None:
             # The version poll cannot say which domain changed: forget them all.
             self.domains.invalidate()

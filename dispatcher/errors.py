@@ -21,9 +21,11 @@ boundary each and chained with ``from exc``; their text never reaches a client.
     │   ├── MethodNotAllowed             method_not_allowed 405
     │   ├── Conflict                     conflict 409
     │   ├── PayloadTooLarge              payload_too_large 413
+    │   ├── RateLimited                  rate_limited 429
     │   ├── HeadersTooLarge              headers_too_large 431
     │   └── LoopDetected                 loop_detected 508
     ├── RegistryUnavailable              registry_unavailable 503
+    ├── RateLimitUnavailable             rate_limit_unavailable 503
     ├── WorkerOverloaded                 worker_overloaded 503
     └── UpstreamError
         ├── UpstreamUnavailable          upstream_unavailable 502
@@ -49,6 +51,8 @@ __all__ = [
     "MissingWorker",
     "NotFound",
     "PayloadTooLarge",
+    "RateLimitUnavailable",
+    "RateLimited",
     "RegistryUnavailable",
     "RequestRejected",
     "ReservedWorkerName",
@@ -184,6 +188,12 @@ class PayloadTooLarge(RequestRejected):
     default_message = "Request body is too large"
 
 
+class RateLimited(RequestRejected):
+    code = "rate_limited"
+    status = 429
+    default_message = "Too many requests"
+
+
 class HeadersTooLarge(RequestRejected):
     code = "headers_too_large"
     status = 431
@@ -200,6 +210,12 @@ class RegistryUnavailable(DispatcherError):
     code = "registry_unavailable"
     status = 503
     default_message = "The worker registry is unavailable"
+
+
+class RateLimitUnavailable(DispatcherError):
+    code = "rate_limit_unavailable"
+    status = 503
+    default_message = "The rate limiter cannot answer; try again shortly"
 
 
 class WorkerOverloaded(DispatcherError):

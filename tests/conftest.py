@@ -1,3 +1,3 @@
 """Shared pytest configuration: plugins every test package may use."""
 
-pytest_plugins = ["tests.postgres"]
+pytest_plugins = ["tests.postgres", "tests.redis"]

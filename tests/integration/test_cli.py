@@ -55,7 +55,11 @@ def test_workers_add_list_show_remove(registry: str, capsys: pytest.CaptureFixtu
     assert worker["max_body_bytes"] == 1000
     assert worker["upstream_timeout"] == 2.5
     assert worker["max_concurrency"] == 7
-    assert (worker["rate_limit"], worker["rate_burst"], worker["client_rate_limit"]) == (50, 80, 0.5)
+    assert (worker["rate_limit"], worker["rate_burst"], worker["client_rate_limit"]) == (
+        50,
+        80,
+        0.5,
+    )
     assert worker["tags"] == {"team": "web", "tier": "gold"}
 
     code, out, _ = run(capsys, "workers", "list")
