@@ -36,6 +36,9 @@ DEFAULT_CONFIG_FILE = Path("config/dispatcher.toml")
 
 _config_file: ContextVar[Path | None] = ContextVar("dispatcher_config_file", default=None)
 
+#: Settings whose values are never repeated in an error message.
+_SECRET_SETTINGS = frozenset({"admin_token", "rate_limit_url"})
+
 StrList = Annotated[tuple[str, ...], NoDecode]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -222,7 +225,10 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
             where = f" in {path}" if path else ""
             problems.append(f"unknown setting {key!r}{where}")
             continue
-        value = error.get("input")
         message = error["msg"].removeprefix("Value error, ")
+        if key in _SECRET_SETTINGS:  # the value may hold a password: never echo it
+            problems.append(f"invalid setting {key!r}: {message}")
+            continue
+        value = error.get("input")
         problems.append(f"invalid setting {key!r} = {value!r}: {message}")
     return "; ".join(problems)
