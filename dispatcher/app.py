@@ -13,11 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 import structlog
 
+from dispatcher.asgi import (
+    REQUEST_IDS,
+    Exchange,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    header_value,
+    request_id_of,
+)
 from dispatcher.control.app import REQUEST_ID_KEY, create_control_app
 from dispatcher.domains import CustomDomainResolver
 from dispatcher.errors import (
@@ -33,8 +43,8 @@ from dispatcher.hosts import normalize_host
 from dispatcher.logging import access_logger, batched_logs, bind_request_id
 from dispatcher.metrics import Metrics, StateReading
 from dispatcher.proxy._h1pool import H1Pool
-from dispatcher.proxy.headers import HeaderPolicy, RequestIds, header_value
-from dispatcher.proxy.http import Exchange, Forwarder
+from dispatcher.proxy.headers import HeaderPolicy
+from dispatcher.proxy.http import Forwarder
 from dispatcher.proxy.transport import UpstreamTransport
 from dispatcher.proxy.upstreams import UpstreamSelector
 from dispatcher.proxy.websocket import WebSocketForwarder
@@ -52,11 +62,6 @@ from workers_registry.store import RegistryStore
 
 __all__ = ["Gateway", "create_app"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 _log = structlog.get_logger("dispatcher")
 
 #: ``/health/detailed`` waits this long for the registry before calling it unavailable.
@@ -68,7 +73,7 @@ class Gateway:
 
     def __init__(self, settings: Settings, transport: UpstreamTransport | None = None) -> None:
         self.settings = settings
-        self.ids = RequestIds()
+        self.ids = REQUEST_IDS
         self.transport: UpstreamTransport = transport or H1Pool()
         # One header policy and one upstream selector for both kinds of forwarding: the same
         # rules, and a target that refused a connection is skipped by both.
@@ -264,7 +269,7 @@ class Gateway:
     async def _control(
         self, scope: Scope, receive: Receive, send: Send, exchange: Exchange
     ) -> None:
-        exchange.request_id = self.ids.pick(header_value(scope["headers"], b"x-request-id"))
+        exchange.request_id = request_id_of(scope["headers"])
         bind_request_id(exchange.request_id)
         exchange.route = "control"
         scope[REQUEST_ID_KEY] = exchange.request_id
@@ -289,7 +294,7 @@ class Gateway:
         if exchange.response_started:
             return  # too late for a status line; the connection closes when we return
         if not exchange.request_id:
-            exchange.request_id = self.ids.pick(header_value(scope["headers"], b"x-request-id"))
+            exchange.request_id = request_id_of(scope["headers"])
         exchange.status = exc.status
         if isinstance(exc, UpstreamError):
             self.metrics.upstream_error(
@@ -310,7 +315,7 @@ class Gateway:
         if exchange.response_started:
             return
         if not exchange.request_id:
-            exchange.request_id = self.ids.pick(header_value(scope["headers"], b"x-request-id"))
+            exchange.request_id = request_id_of(scope["headers"])
         if "websocket.http.response" in scope.get("extensions", {}):
             exchange.status = exc.status
             body = error_body(exc, exchange.request_id)

@@ -7,13 +7,11 @@ has the same shape: ``{"error": {"code", "message", "request_id"[, "details"]}}`
 from __future__ import annotations
 
 import json
-from typing import Any
 
+from dispatcher.asgi import Send
 from dispatcher.errors import DispatcherError
 
 __all__ = ["error_body", "error_head", "send_error"]
-
-Send = Any  # an ASGI send callable
 
 
 def error_body(exc: DispatcherError, request_id: str) -> bytes:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
 
+from dispatcher.asgi import Exchange, Receive, Scope, Send, header_value
 from dispatcher.errors import PayloadTooLarge, UpstreamConnectFailed, WorkerOverloaded
 from dispatcher.logging import bind_request_id
 from dispatcher.proxy.coarse import CoarseTimers
@@ -27,7 +27,6 @@ from dispatcher.proxy.headers import (
     HeaderPolicy,
     RequestHeaders,
     filter_response_headers,
-    header_value,
 )
 from dispatcher.proxy.transport import (
     RequestBody,
@@ -39,11 +38,7 @@ from dispatcher.proxy.upstreams import Target, UpstreamSelector
 from dispatcher.routing import Route, RouteKind
 from dispatcher.settings import Settings
 
-__all__ = ["ClientDisconnected", "Exchange", "Forwarder"]
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+__all__ = ["ClientDisconnected", "Forwarder"]
 
 _log = structlog.get_logger("dispatcher.proxy")
 
@@ -55,22 +50,6 @@ _ARM_DELAY = 0.05
 
 class ClientDisconnected(Exception):
     """The client went away before the exchange finished."""
-
-
-@dataclass(slots=True)
-class Exchange:
-    """What happened to one request: filled in as it goes, logged once at the end."""
-
-    request_id: str = ""
-    status: int = 0
-    worker: str = ""
-    route: str = ""
-    upstream: str = ""
-    bytes_in: int = 0
-    bytes_out: int = 0
-    response_started: bool = False
-    upstream_error: str = ""  # set when the upstream failed after the response started
-    body_done: bool = True  # the client's request body has been read to the end
 
 
 class Forwarder:

@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import re
 import ssl
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, NamedTuple
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -49,24 +48,14 @@ from websockets.frames import EXTERNAL_CLOSE_CODES
 from websockets.http11 import Response
 from websockets.typing import Subprotocol
 
+from dispatcher.asgi import Exchange, Message, Receive, Scope, Send, header_value
 from dispatcher.errors import InvalidRequest, UpstreamTimeout, UpstreamUnavailable
-from dispatcher.proxy.headers import (
-    ForwardContext,
-    HeaderPolicy,
-    filter_response_headers,
-    header_value,
-)
-from dispatcher.proxy.http import Exchange
+from dispatcher.proxy.headers import ForwardContext, HeaderPolicy, filter_response_headers
 from dispatcher.proxy.upstreams import Target, UpstreamSelector
 from dispatcher.routing import Route, RouteKind
 from dispatcher.settings import Settings
 
 __all__ = ["WebSocketForwarder"]
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 # Written by the client library itself (or meaningless on a handshake): never copied.
 _HANDSHAKE_HEADERS = frozenset({b"host", b"content-length", b"transfer-encoding"})
