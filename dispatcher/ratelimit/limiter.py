@@ -20,13 +20,14 @@ slot, so one script can take both.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from dispatcher.asgi import Scope
 from dispatcher.errors import RateLimited, RateLimitUnavailable
 from dispatcher.proxy.headers import TrustPolicy
 from dispatcher.ratelimit.client import client_key
@@ -36,8 +37,6 @@ from dispatcher.settings import Settings
 from workers_registry.models import Worker
 
 __all__ = ["RateLimiter"]
-
-Scope = MutableMapping[str, Any]
 
 _PREFIX = "dispatcher:rl:"
 
