@@ -43,6 +43,9 @@ async def seed(database_url: str, tenant_url: str) -> None:
         slow = {"rate_limit": 0.1, "rate_burst": 1}  # one request, then one per 10 s
         await store.add_worker(WorkerCreate(name="once", upstreams=[tenant_url], **slow))
         await store.add_worker(WorkerCreate(name="ws", upstreams=[tenant_url], **slow))
+        await store.add_worker(WorkerCreate(name="tight", upstreams=[tenant_url], **slow))
+        # 100/s: no lease (every request asks Redis), never reached by these tests.
+        await store.add_worker(WorkerCreate(name="hundred", upstreams=[tenant_url], rate_limit=100))
         await store.add_worker(
             WorkerCreate(name="perip", upstreams=[tenant_url], client_rate_limit=0.1)
         )
@@ -170,7 +173,9 @@ def test_redis_outage_and_recovery(
         assert limiter_state(server.url)["status"] == "ok"
 
         redis_server.stop()
-        during = [get(server.url, "once.localhost") for _ in range(30)]
+        # A refusal Redis gave stands until it expires, outage or not.
+        assert_rate_limited(get(server.url, "once.localhost"), "worker")
+        during = [get(server.url, "hundred.localhost") for _ in range(30)]
         if fail_open:
             assert {response.status_code for response in during} == {200}
         else:
@@ -189,7 +194,7 @@ def test_redis_outage_and_recovery(
         redis_server.start()  # same port, empty: the limits start over
 
         def limited_again() -> bool:
-            return get(server.url, "once.localhost").status_code == 429
+            return get(server.url, "tight.localhost").status_code == 429
 
         wait_until(limited_again, timeout=10, what="limits to resume after Redis came back")
         assert limiter_state(server.url)["status"] == "ok"

@@ -52,15 +52,15 @@ def test_policy_is_the_draft_field_item(limit: Limit, policy: str) -> None:
 
 
 def test_the_redis_script_gives_the_python_verdicts(redis_server: RedisServer) -> None:
-    async def run() -> list[tuple[int, int]]:
+    async def run() -> list[tuple[int, int, int]]:
         client = Redis.from_url(redis_server.url)
         try:
             replies = []
             for _ in range(4):
                 reply = await client.eval(
-                    REDIS_SCRIPT, 2, "w", "c", *(100_000, 300_000), *(SECOND, SECOND)
+                    REDIS_SCRIPT, 2, "w", "c", 1, *(100_000, 300_000), *(SECOND, SECOND)
                 )
-                replies.append((int(reply[0]), int(reply[1])))
+                replies.append((int(reply[0]), int(reply[1]), int(reply[2])))
             ttl = await client.pttl("w")
             assert 0 < ttl <= 301
             return replies
@@ -69,5 +69,38 @@ def test_the_redis_script_gives_the_python_verdicts(redis_server: RedisServer) -
 
     replies = asyncio.run(run())
     # The client limit (burst 1) refuses the second request; the worker keeps its budget.
-    assert replies[0] == (0, 0)
-    assert all(refused == 2 and 0 < wait <= SECOND for refused, wait in replies[1:])
+    assert replies[0] == (0, 0, 1)
+    assert all(
+        refused == 2 and 0 < wait <= SECOND and granted == 0
+        for refused, wait, granted in replies[1:]
+    )
+
+
+def test_the_redis_script_leases_what_every_key_has_room_for(redis_server: RedisServer) -> None:
+    async def run() -> list[int]:
+        client = Redis.from_url(redis_server.url)
+        try:
+            granted = []
+            for _ in range(3):  # worker: burst 10; client: burst 4; 3 wanted each time
+                reply = await client.eval(
+                    REDIS_SCRIPT, 2, "w", "c", 3, *(SECOND, 10 * SECOND), *(SECOND, 4 * SECOND)
+                )
+                granted.append(int(reply[2]))
+            return granted
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(run()) == [3, 1, 0]  # never more than the smaller room
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "lease"),
+    [
+        pytest.param(100, 100, 1, id="slow-no-lease"),
+        pytest.param(1000, 1000, 10, id="ten-ms-of-rate"),
+        pytest.param(1000, 20, 2, id="tenth-of-the-burst"),
+        pytest.param(1e6, 10**6, 100, id="at-most-100"),
+    ],
+)
+def test_lease_size(rate: float, burst: int, lease: int) -> None:
+    assert Limit("worker", rate, burst).lease == lease
