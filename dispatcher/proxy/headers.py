@@ -14,10 +14,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from dispatcher.asgi import Headers, RequestIds
+from dispatcher.asgi import Headers, RequestIds, Scope
 from dispatcher.errors import HeadersTooLarge, InvalidRequest, LoopDetected
+
+if TYPE_CHECKING:
+    from dispatcher.routing import Route
 
 __all__ = [
     "HOP_BY_HOP",
@@ -26,6 +29,7 @@ __all__ = [
     "RequestHeaders",
     "TrustPolicy",
     "filter_response_headers",
+    "forward_context",
 ]
 
 #: RFC 9110 section 7.6.1 plus the legacy ones every proxy strips.
@@ -110,6 +114,24 @@ class ForwardContext:
     worker: str
     route_kind: str
     prefix: str
+
+
+#: The scheme a WebSocket scope's client used, as ``X-Forwarded-Proto`` names it.
+_HTTP_SCHEMES: Final = {"ws": "http", "wss": "https"}
+
+
+def forward_context(scope: Scope, route: Route, host_header: bytes) -> ForwardContext:
+    """The ``ForwardContext`` of a routed ``http`` or ``websocket`` scope (both forwarders)."""
+    client = scope.get("client")
+    scheme: str = scope.get("scheme", "http")
+    return ForwardContext(
+        peer=client[0] if client else None,
+        scheme=_HTTP_SCHEMES.get(scheme, scheme),
+        host_header=host_header,
+        worker=route.worker.name,
+        route_kind=route.kind,
+        prefix=route.prefix,
+    )
 
 
 class HeaderPolicy:

@@ -111,8 +111,9 @@ class RedisCounters:
         self._refused: dict[str, tuple[float, int]] = {}  # key -> (until, limit index)
         self._calling: dict[str, asyncio.Future[None]] = {}  # last key -> the call under way
 
-    async def take(self, keys: list[str], limits: list[Limit]) -> Verdict | None:
-        """Charge the request to every key, or to none; ``None`` when Redis cannot say."""
+    def known(self, keys: list[str]) -> Verdict | None:
+        """The verdict this process can give alone (a remembered refusal, a lease), charging
+        the lease; ``None`` when Redis must be asked (``take``)."""
         now = time.monotonic()
         refused = self._refused
         if refused:
@@ -122,11 +123,18 @@ class RedisCounters:
                     if entry[0] > now:
                         return Verdict(entry[1], round((entry[0] - now) * 1_000_000))
                     del refused[key]
-        lease_key = keys[-1]
-        lease = self._leases.get(lease_key)
+        lease = self._leases.get(keys[-1])
         if lease is not None and lease[0] >= 1 and lease[1] > now:
             lease[0] -= 1
             return ADMITTED
+        return None
+
+    async def take(self, keys: list[str], limits: list[Limit]) -> Verdict | None:
+        """Charge the request to every key, or to none; ``None`` when Redis cannot say."""
+        known = self.known(keys)
+        if known is not None:
+            return known
+        lease_key = keys[-1]
         calling = self._calling.get(lease_key)
         if calling is not None:
             # Share the lease the call under way brings back (or make our own call after).

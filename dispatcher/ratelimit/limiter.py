@@ -27,12 +27,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from dispatcher.asgi import Scope
+from dispatcher.asgi import Exchange, Scope
 from dispatcher.errors import RateLimited, RateLimitUnavailable
 from dispatcher.proxy.headers import TrustPolicy
 from dispatcher.ratelimit.client import client_key
 from dispatcher.ratelimit.counters import LocalCounters, RedisCounters
-from dispatcher.ratelimit.gcra import Limit
+from dispatcher.ratelimit.gcra import Limit, Verdict
+from dispatcher.routing import Route
 from dispatcher.settings import Settings
 from workers_registry.models import Worker
 
@@ -57,40 +58,44 @@ class RateLimiter(Collector):
             else RedisCounters(url.get_secret_value(), timeout=settings.rate_limit_timeout)
         )
         # The limits of each worker object last seen (snapshots replace the objects).
-        self._limits: dict[str, tuple[Worker, Limit | None, Limit | None]] = {}
+        self._limits: dict[str, _WorkerLimits] = {}
         self.limited = {"worker": 0, "client": 0}  # requests refused 429, by the limit
         self.unavailable = {"allowed": 0, "refused": 0}  # no verdict: fail open / closed
 
-    async def admit(self, scope: Scope, worker: Worker) -> None:
-        """Charge one request of ``worker`` (which has a limit); raise if it may not go on."""
+    async def admit(self, scope: Scope, route: Route, exchange: Exchange) -> None:
+        """Charge one request of ``route``'s worker (which has a limit); raise if it may not
+        go on. Most requests are answered without awaiting anything: in-process counters, a
+        lease or a remembered refusal."""
+        worker = route.worker
+        exchange.worker = worker.name  # for the access line of a refused request
+        exchange.route = route.kind
         cached = self._limits.get(worker.name)
-        if cached is None or cached[0] is not worker:
-            cached = self._limits[worker.name] = (worker, *_limits_of(worker))
-        _, overall, per_client = cached
-        tag = f"{_PREFIX}{{{worker.name}}}"
-        keys: list[str] = []
-        limits: list[Limit] = []
-        if overall is not None:
-            keys.append(tag)
-            limits.append(overall)
-        if per_client is not None:
+        if cached is None or cached.worker is not worker:
+            cached = self._limits[worker.name] = _WorkerLimits(worker)
+        keys, limits = cached.keys, cached.limits
+        if cached.per_client:
             client = scope.get("client")
             peer = client[0] if client else None
-            keys.append(f"{tag}:{client_key(scope['headers'], peer, self._trust)}")
-            limits.append(per_client)
-        if self._redis is None:
+            keys = [*keys, f"{cached.tag}:{client_key(scope['headers'], peer, self._trust)}"]
+        redis = self._redis
+        if redis is None:
             verdict = self._local.take(keys, limits)
         else:
-            answer = await self._redis.take(keys, limits)
+            answer = redis.known(keys)
             if answer is None:
-                if self._fail_open:
-                    self.unavailable["allowed"] += 1
-                    return
-                self.unavailable["refused"] += 1
-                raise RateLimitUnavailable(headers={"Retry-After": "1"})
+                answer = await redis.take(keys, limits)
+                if answer is None:
+                    if self._fail_open:
+                        self.unavailable["allowed"] += 1
+                        return
+                    self.unavailable["refused"] += 1
+                    raise RateLimitUnavailable(headers={"Retry-After": "1"})
             verdict = answer
-        if verdict.admitted:
+        if verdict.refused < 0:
             return
+        raise self._refusal(worker, limits, verdict)
+
+    def _refusal(self, worker: Worker, limits: list[Limit], verdict: Verdict) -> RateLimited:
         refused = limits[verdict.refused]
         self.limited[refused.name] += 1
         retry = max(1, math.ceil(verdict.wait / 1_000_000))
@@ -99,7 +104,7 @@ class RateLimiter(Collector):
             if refused.name == "worker"
             else f"Too many requests from this client to worker '{worker.name}'"
         )
-        raise RateLimited(
+        return RateLimited(
             message,
             headers={
                 "Retry-After": str(retry),
@@ -167,16 +172,24 @@ class RateLimiter(Collector):
             await self._redis.aclose()
 
 
-def _limits_of(worker: Worker) -> tuple[Limit | None, Limit | None]:
-    overall = per_client = None
-    if worker.rate_limit is not None:
-        burst = worker.rate_burst or _one_second(worker.rate_limit)
-        overall = Limit("worker", worker.rate_limit, burst)
-    if worker.client_rate_limit is not None:
-        per_client = Limit(
-            "client", worker.client_rate_limit, _one_second(worker.client_rate_limit)
-        )
-    return overall, per_client
+class _WorkerLimits:
+    """A worker's limits, keys and key prefix, made once per worker object."""
+
+    __slots__ = ("keys", "limits", "per_client", "tag", "worker")
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.tag = f"{_PREFIX}{{{worker.name}}}"
+        self.keys: list[str] = []
+        self.limits: list[Limit] = []
+        if worker.rate_limit is not None:
+            burst = worker.rate_burst or _one_second(worker.rate_limit)
+            self.keys.append(self.tag)
+            self.limits.append(Limit("worker", worker.rate_limit, burst))
+        self.per_client = worker.client_rate_limit is not None
+        if worker.client_rate_limit is not None:
+            rate = worker.client_rate_limit
+            self.limits.append(Limit("client", rate, _one_second(rate)))
 
 
 def _one_second(rate: float) -> int:
