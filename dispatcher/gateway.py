@@ -90,7 +90,9 @@ class Gateway:
             if route is None:
                 await self._control(scope, receive, send, exchange)
             else:
-                if route.worker.rate_limited:
+                worker = route.worker
+                # Two field reads and no call: a worker without limits pays nothing more.
+                if worker.rate_limit is not None or worker.client_rate_limit is not None:
                     await self.limiter.admit(scope, route, exchange)
                 await self.forwarder.forward(scope, receive, send, route, exchange)
         except DispatcherError as exc:
@@ -110,8 +112,9 @@ class Gateway:
             route = await self._route_scope(scope, host_header, "GET")
             if route is None:
                 raise NotFound("WebSockets are only forwarded to workers")
-            if route.worker.rate_limited:  # a handshake counts as one request
-                await self.limiter.admit(scope, route, exchange)
+            worker = route.worker
+            if worker.rate_limit is not None or worker.client_rate_limit is not None:
+                await self.limiter.admit(scope, route, exchange)  # a handshake is a request
             await self.websockets.forward(scope, receive, send, route, exchange)
         except DispatcherError as exc:
             await self._deny(scope, send, exc, exchange)

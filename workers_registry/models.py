@@ -139,11 +139,6 @@ class WorkerSpec(BaseModel):
             raise ValueError("rate_burst needs rate_limit (it is the burst of that limit)")
         return value
 
-    @property
-    def rate_limited(self) -> bool:
-        """The worker has a request-rate limit of either kind (DESIGN.md, "Rate limits")."""
-        return self.rate_limit is not None or self.client_rate_limit is not None
-
 
 class WorkerCreate(WorkerSpec):
     """A worker to register (the body of ``POST /admin/workers``)."""

@@ -193,19 +193,7 @@ def test_rate_burst_belongs_to_a_rate_limit() -> None:
     with pytest.raises(ValidationError, match="rate_burst needs rate_limit"):
         WorkerSpec.model_validate({"upstreams": [UPSTREAM], "rate_burst": 5})
     spec = WorkerSpec.model_validate({"upstreams": [UPSTREAM], "rate_limit": 2, "rate_burst": 5})
-    assert (spec.rate_limit, spec.rate_burst, spec.rate_limited) == (2, 5, True)
-
-
-@pytest.mark.parametrize(
-    ("fields", "limited"),
-    [
-        pytest.param({}, False, id="none"),
-        pytest.param({"rate_limit": 1}, True, id="worker"),
-        pytest.param({"client_rate_limit": 1}, True, id="client"),
-    ],
-)
-def test_rate_limited_says_whether_any_limit_is_set(fields: dict[str, Any], limited: bool) -> None:
-    assert WorkerSpec.model_validate({"upstreams": [UPSTREAM], **fields}).rate_limited is limited
+    assert (spec.rate_limit, spec.rate_burst) == (2, 5)
 
 
 def test_worker_spec_canonicalises_every_upstream_in_order() -> None:
