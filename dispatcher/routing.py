@@ -2,7 +2,7 @@
 
 Pure functions of data. No I/O, no database, no HTTP client: the custom-domain answer for a
 tenant host is looked up by the caller (through the cache in ``dispatcher.domains``) and passed
-in, so every routing decision is unit-testable. Order (DESIGN.md, "Request flow"):
+in, so every routing decision is unit-testable. Order (README, "How a request is routed"):
 
 1. control host (``localhost``, IP literals, each base domain's apex, ``control_hosts``): the
    control plane, except the path and query routes under ``/dispatch`` and ``/api/dispatch``;
@@ -15,6 +15,7 @@ On a tenant host the tenant owns every path, ``/health`` included.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
@@ -31,6 +32,7 @@ from dispatcher.errors import (
     WorkerNotFound,
 )
 from dispatcher.hosts import is_ip_literal, validate_worker_name
+from dispatcher.memo import Memo, memo
 from workers_registry.models import CustomDomain, Worker
 
 __all__ = [
@@ -61,8 +63,8 @@ class Route:
     ``upstream_path`` is the raw path (bytes as the client sent them, starting with ``/``),
     ``query`` the raw query string without ``?``, and ``prefix`` the part of the client's path
     that the route consumed (``X-Forwarded-Prefix``; empty for host routes). Treat it as
-    immutable; it is not frozen only because a frozen dataclass costs a microsecond more to
-    make, once per request.
+    immutable; it is not frozen only because a frozen dataclass is slower to make, and one is
+    made per request.
     """
 
     worker: Worker
@@ -91,7 +93,6 @@ UNAVAILABLE: Final = _Unavailable.VALUE
 #: What the caller learned about the host from the custom-domain registry.
 DomainAnswer = CustomDomain | None | _Unavailable
 
-_UNKNOWN: Final = object()
 #: Hosts whose subdomain answer a routing table remembers at most.
 _MEMO_SIZE: Final = 10_000
 
@@ -111,9 +112,12 @@ class RoutingTable:
     reserved: frozenset[str]
     workers: Mapping[str, Worker]
     # What ``subdomain_worker`` answered per host: a worker, None, or the error to raise.
-    _subdomains: dict[str, Worker | RoutingError | None] = field(
-        default_factory=dict, compare=False, repr=False
+    _subdomains: Memo[[str], Worker | RoutingError | None] = field(
+        init=False, compare=False, repr=False
     )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_subdomains", memo(_MEMO_SIZE)(self._subdomain_answer))
 
     @classmethod
     def build(
@@ -154,23 +158,19 @@ class RoutingTable:
         answer is a function of the host and this (immutable) table, so it is remembered:
         hosts repeat, and this is on every subdomain request.
         """
-        known = self._subdomains.get(host, _UNKNOWN)
-        if known is _UNKNOWN:
-            try:
-                label = self.subdomain_label(host)
-                known = (
-                    None
-                    if label is None
-                    else self.worker(validate_worker_name(label, self.reserved))
-                )
-            except RoutingError as exc:
-                known = exc
-            if len(self._subdomains) >= _MEMO_SIZE:  # random hosts must not grow it forever
-                self._subdomains.clear()
-            self._subdomains[host] = known
+        known = self._subdomains(host)
         if isinstance(known, RoutingError):
             raise type(known)(known.message)  # a fresh one: a raised error keeps its traceback
-        return known  # type: ignore[return-value]
+        return known
+
+    def _subdomain_answer(self, host: str) -> Worker | RoutingError | None:
+        try:
+            label = self.subdomain_label(host)
+            if label is None:
+                return None
+            return self.worker(validate_worker_name(label, self.reserved))
+        except RoutingError as exc:
+            return exc
 
     def worker(self, name: str) -> Worker:
         """The enabled worker called ``name``, or ``WorkerNotFound``."""
@@ -205,6 +205,8 @@ def resolve_tenant(
 ) -> Route:
     """Route a request on a tenant host (custom domain, then wildcard subdomain)."""
     path = raw_path or b"/"
+    if b"%" in path or b"/." in path or b"\\." in path:  # else no segment can be a dot one
+        _reject_dot_segments(path)
     if isinstance(domain, CustomDomain) and domain.routable:
         return Route(table.worker(domain.worker), RouteKind.CUSTOM_DOMAIN, path, query)
     worker = table.subdomain_worker(host)
@@ -236,7 +238,8 @@ def _path_route(rest: bytes, query: bytes, table: RoutingTable, prefix: str) -> 
     end = rest.find(b"/", 1)
     segment, upstream_path = (rest[1:], b"/") if end == -1 else (rest[1:end], rest[end:])
     name = validate_worker_name(_decode_segment(segment), table.reserved)
-    _reject_dot_segments(upstream_path)
+    if b"%" in upstream_path or b"/." in upstream_path or b"\\." in upstream_path:
+        _reject_dot_segments(upstream_path)
     return Route(table.worker(name), RouteKind.PATH, upstream_path, query, f"{prefix}/{name}")
 
 
@@ -275,13 +278,28 @@ def _decode_param(value: bytes) -> str:
 
 
 _DOT_SEGMENTS: Final = frozenset({".", ".."})
+# What some upstream decodes, splits on or cuts at: ``\`` is a separator on Windows servers
+# (IIS, some Java and Node ones), ``;`` starts path parameters (``..;`` is ``..`` to Tomcat).
+_SEPARATORS: Final = re.compile(r"[/\\]")
+_DECODE_ROUNDS: Final = 3  # ``%252e`` is ``.`` to an upstream that decodes twice
 
 
 def _reject_dot_segments(path: bytes) -> None:
-    # The upstream may resolve ``..`` against its own base path; a path route must not be a
-    # way to walk out of it (RFC 3986 section 5.2.4). Encoded dots count too.
-    if b"." not in path and b"%2" not in path.lower():
-        return
-    for segment in path.split(b"/"):
-        if unquote(segment.decode("latin-1")) in _DOT_SEGMENTS:
-            raise InvalidRequest("Dot segments ('.' or '..') are not allowed in dispatch paths")
+    """Refuse a path that any upstream could read as containing a dot segment.
+
+    The upstream resolves ``..`` against its own base path (RFC 3986 section 5.2.4), so a
+    client's ``/../../secret`` would walk out of a worker's ``http://10.0.0.5/app/v1`` or out of
+    a path route's ``/dispatch/<name>``. Normalising would have to guess how each upstream
+    reads a path; refusing does not: a segment that, once percent-decoded (repeatedly), cut
+    at ``;`` and split on ``/`` or ``\\`` too, is ``.`` or ``..`` (trailing blanks and NULs
+    ignored) is 400 on every route kind. Browsers never send one (they resolve dot segments
+    before sending), so only hand-made requests meet this.
+    """
+    text = path.decode("latin-1")
+    for _ in range(_DECODE_ROUNDS):
+        if "%" not in text:
+            break
+        text = unquote(text, encoding="latin-1")
+    for segment in _SEPARATORS.split(text):
+        if segment.partition(";")[0].rstrip(" \t\x00") in _DOT_SEGMENTS:
+            raise InvalidRequest("Dot segments ('.' or '..') are not allowed in request paths")

@@ -1,9 +1,9 @@
 """Pydantic models of the control plane's own JSON answers, for the OpenAPI document.
 
-They describe the bodies of ``GET /``, ``/health``, ``/health/detailed``, ``/dispatch`` and the
-error contract (DESIGN.md, "Error contract"). Pure data: the handlers build their JSON
-directly; ``dispatcher.control.openapi`` turns these models into JSON Schema, and the tests
-check the live answers against that schema.
+They describe the bodies of ``GET /``, ``/health``, ``/health/detailed``, ``/dispatch``, the
+admin API's listings and the error contract (README, "Errors"). Pure data: the handlers build
+their JSON directly; ``dispatcher.control.openapi`` turns these models into JSON Schema, and
+the tests check the live answers against that schema.
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from workers_registry.models import DomainRecord, Worker
+
 __all__ = [
     "DispatchInfo",
     "DispatchRoutes",
+    "DomainList",
     "ErrorBody",
     "ErrorDetail",
     "ErrorInfo",
@@ -22,6 +25,7 @@ __all__ = [
     "HealthDetailed",
     "ServiceInfo",
     "TlsPermission",
+    "WorkerList",
 ]
 
 
@@ -105,3 +109,15 @@ class ErrorBody(BaseModel):
     """Every error the dispatcher itself answers has this body."""
 
     error: ErrorInfo
+
+
+class WorkerList(BaseModel):
+    """The body of ``GET /admin/workers``."""
+
+    workers: list[Worker]
+
+
+class DomainList(BaseModel):
+    """The body of ``GET /admin/domains``."""
+
+    domains: list[DomainRecord]

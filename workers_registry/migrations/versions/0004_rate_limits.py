@@ -1,7 +1,7 @@
 """Per-worker request-rate limits: ``rate_limit``, ``rate_burst``, ``client_rate_limit``.
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0003
 Create Date: 2026-12-06
 
 Three nullable columns on ``workers`` (NULL: no limit; ``rate_burst`` NULL: one second's worth
@@ -20,8 +20,7 @@ from alembic import op
 __all__ = ["downgrade", "upgrade"]
 
 revision: str = "0004"
-# 0002 (change log) and 0003 (domain verification) come first once they are merged.
-down_revision: str | Sequence[str] | None = "0001"
+down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
