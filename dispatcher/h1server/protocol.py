@@ -144,6 +144,8 @@ class H1Protocol(asyncio.Protocol):
                 self._upgrade_to_websocket()
                 return
             _log.warning("Unsupported upgrade request.")
+            if self._unsupported_upgrade():
+                return
         except httptools.HttpParserError as exc:
             # Nothing parsed in this read has started: a request the parser refused after
             # its head (a bad Transfer-Encoding, a bad chunk) never reaches the application.
@@ -478,6 +480,27 @@ class H1Protocol(asyncio.Protocol):
             elif name == b"upgrade":
                 upgrade = value.lower()
         return upgrade == b"websocket" and b"upgrade" in connection
+
+    def _unsupported_upgrade(self) -> bool:
+        """An upgrade other than a WebSocket (``h2c``...): answered as a plain request, if it
+        can be. Returns whether the request was refused instead.
+
+        The parser ends such a request with its head and hands every byte after it to the new
+        protocol: a body the request declared is never read (it would reach the upstream empty,
+        or as a head promising bytes that never come), so that request is refused before any
+        upstream sees it; and nothing after the head can be read as a next request, so the
+        answer is the connection's last.
+        """
+        cycle = self._parsing
+        if cycle is None or cycle.complete:
+            return False
+        for name, value in cycle.scope["headers"]:
+            if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" \t0")):
+                self._start_next = None
+                self._reject(InvalidRequest("An upgrade request cannot carry a body"))
+                return True
+        cycle.keep_alive = False
+        return False
 
     def _upgrade_to_websocket(self) -> None:
         """Replay the request head into uvicorn's WebSocket protocol and hand it the socket."""

@@ -100,6 +100,50 @@ def test_other_escapes_still_pass(target: Rig, path: bytes) -> None:
     assert target.upstream.requests[-1].target == b"/app/v1" + path
 
 
+# -- 2. upgrades the dispatcher does not speak --------------------------------------------------
+
+_H2C = (
+    b"Upgrade: h2c",
+    b"Connection: Upgrade, HTTP2-Settings",
+    b"HTTP2-Settings: AAMAAABkAAQAAP__",
+)
+
+
+@pytest.mark.parametrize(
+    "framing, body",
+    [
+        pytest.param(b"Content-Length: 5", b"hello", id="content-length"),
+        pytest.param(b"Transfer-Encoding: chunked", b"5\r\nhello\r\n0\r\n\r\n", id="chunked"),
+    ],
+)
+@pytest.mark.parametrize("upgrade", [_H2C[:2], (b"Upgrade: foo", b"Connection: upgrade")])
+def test_an_unsupported_upgrade_with_a_body_reaches_no_upstream(
+    target: Rig, framing: bytes, body: bytes, upgrade: tuple[bytes, ...]
+) -> None:
+    before = target.upstream.seen()
+    with Client(target.port) as client:
+        client.send(post(b"alpha.localhost", *upgrade, framing) + body)
+        answer = client.answer()
+        assert answer.status == 400 and answer.code == "invalid_request"
+        assert client.closed()
+    unseen(target, before)
+
+
+def test_an_unsupported_upgrade_is_answered_and_closes(target: Rig) -> None:
+    # Bytes after an upgrade head are not HTTP to the parser: a request pipelined behind it is
+    # never read, so the answer says the connection ends (and it does).
+    smuggled = get(b"alpha.localhost", path=b"/smuggled")
+    with Client(target.port) as client:
+        client.send(get(b"alpha.localhost", *_H2C, path=b"/first") + smuggled)
+        answer = client.answer()
+        assert answer.status == 200
+        assert answer.headers[b"connection"] == b"close"
+        assert client.closed()
+    received = target.upstream.requests[-1]
+    assert received.target == b"/first" and received.value(b"upgrade") is None
+    assert all(request.target != b"/smuggled" for request in target.upstream.requests)
+
+
 # -- what held up ------------------------------------------------------------------------------
 
 
