@@ -250,6 +250,8 @@ class H1Protocol(asyncio.Protocol):
                 if b"@" in url.partition(b"//")[2].partition(b"/")[0]:
                     raise _InvalidTarget  # userinfo in a request target: never legitimate
                 authority = parsed.host
+                if b":" in authority:  # an IPv6 literal: bracketed, as in a Host header
+                    authority = b"[" + authority + b"]"
                 if parsed.port is not None:
                     authority += b":%d" % parsed.port
                 headers = [(n, v) for n, v in headers if n != b"host"]

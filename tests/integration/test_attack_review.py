@@ -144,6 +144,20 @@ def test_an_unsupported_upgrade_is_answered_and_closes(target: Rig) -> None:
     assert all(request.target != b"/smuggled" for request in target.upstream.requests)
 
 
+# -- 3. an absolute-form target with an IPv6 authority ------------------------------------------
+
+
+@pytest.mark.parametrize("authority", [b"[::1]", b"[::1]:8080", b"[::ffff:127.0.0.1]"])
+def test_an_ipv6_authority_in_the_target_names_a_control_host(
+    target: Rig, authority: bytes
+) -> None:
+    data = b"GET http://" + authority + b"/dispatch/alpha/x HTTP/1.1\r\nHost: h.localhost\r\n\r\n"
+    assert ask(target, data).status == 200
+    received = target.upstream.requests[-1]
+    assert received.target == b"/x"
+    assert received.value(b"x-forwarded-host") == authority
+
+
 # -- what held up ------------------------------------------------------------------------------
 
 
