@@ -10,7 +10,9 @@ holds what a review with raw sockets found past it, each as a class of inputs).
    that never came (Content-Length). Such a request with a body is refused before any upstream
    sees it; one without is answered and the connection closed (nothing after it can be read);
 3. an absolute-form target with an IPv6 authority (``http://[::1]/``) names that host, brackets
-   and all, like a ``Host: [::1]`` header.
+   and all, like a ``Host: [::1]`` header;
+4. a ``Set-Cookie`` ``Domain`` naming a base domain in a spelling some browser reads as it
+   (trailing dot, quotes, non-ASCII letters IDNA maps onto ASCII ones) is dropped too.
 
 It also pins what the review tried that held (framing variants the first module does not name).
 """
@@ -156,6 +158,41 @@ def test_an_ipv6_authority_in_the_target_names_a_control_host(
     received = target.upstream.requests[-1]
     assert received.target == b"/x"
     assert received.value(b"x-forwarded-host") == authority
+
+
+# -- 4. cookie Domain attributes in other spellings ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "domain",
+    [
+        pytest.param(b"localhost.", id="trailing-dot"),
+        pytest.param(b".LOCALHOST.", id="dots-both-ends"),
+        pytest.param(b'"localhost"', id="quoted"),
+        pytest.param(b'".localhost."', id="quoted-dots"),
+        pytest.param("\uff4cocalhost".encode(), id="fullwidth-letter"),
+        pytest.param("x\u3002localhost".encode(), id="ideographic-full-stop"),
+    ],
+)
+def test_a_cookie_domain_covering_a_base_domain_in_any_spelling_is_dropped(
+    target: Rig, domain: bytes
+) -> None:
+    target.upstream.scripts["domain"] = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
+        b"Set-Cookie: s=1; Domain=" + domain + b"; Path=/\r\n\r\n"
+    )
+    with Client(target.port) as client:
+        client.send(get(b"alpha.localhost", path=b"/script/domain"))
+        assert client.answer().headers[b"set-cookie"] == b"s=1; Path=/"
+
+
+def test_a_cookie_for_the_tenants_own_host_keeps_its_domain(target: Rig) -> None:
+    target.upstream.scripts["own"] = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nSet-Cookie: s=1; Domain=alpha.localhost.\r\n\r\n"
+    )
+    with Client(target.port) as client:
+        client.send(get(b"alpha.localhost", path=b"/script/own"))
+        assert client.answer().headers[b"set-cookie"] == b"s=1; Domain=alpha.localhost."
 
 
 # -- what held up ------------------------------------------------------------------------------
