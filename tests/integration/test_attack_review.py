@@ -12,7 +12,9 @@ holds what a review with raw sockets found past it, each as a class of inputs).
 3. an absolute-form target with an IPv6 authority (``http://[::1]/``) names that host, brackets
    and all, like a ``Host: [::1]`` header;
 4. a ``Set-Cookie`` ``Domain`` naming a base domain in a spelling some browser reads as it
-   (trailing dot, quotes, non-ASCII letters IDNA maps onto ASCII ones) is dropped too.
+   (trailing dot, quotes, non-ASCII letters IDNA maps onto ASCII ones) is dropped too;
+5. the unspecified address (``0.0.0.0``, ``0``, ``::``) is never an upstream: a connect to it
+   reaches the local host, past a deny list that names loopback.
 
 It also pins what the review tried that held (framing variants the first module does not name).
 """
@@ -20,6 +22,7 @@ It also pins what the review tried that held (framing variants the first module 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -193,6 +196,55 @@ def test_a_cookie_for_the_tenants_own_host_keeps_its_domain(target: Rig) -> None
     with Client(target.port) as client:
         client.send(get(b"alpha.localhost", path=b"/script/own"))
         assert client.answer().headers[b"set-cookie"] == b"s=1; Domain=alpha.localhost."
+
+
+# -- 5. the unspecified address is the local host ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fenced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    """Loopback on the deny list, as an operator protecting the host's own services writes it;
+    the workers name loopback the other ways a connect reaches it."""
+    database = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('unspecified') / 'u.db'}"
+    with RecordingUpstream() as upstream:
+
+        async def seed() -> None:
+            await upgrade(database)
+            async with RegistryStore.from_url(database) as store:
+                for name, host in [("zeros", "0.0.0.0"), ("zero", "0"), ("mapped", "[::ffff:0:0]")]:
+                    url = f"http://{host}:{upstream.port}"
+                    await store.add_worker(WorkerCreate(name=name, upstreams=[url]))
+
+        asyncio.run(seed())
+        settings = Settings(
+            database_url=database,
+            admin_token="admin-token",
+            upstream_denied_networks=("127.0.0.0/8", "::1/128"),
+        )
+        with serve_gateway(create_app(settings)) as server:
+            yield Rig(server.port, upstream)
+
+
+@pytest.mark.parametrize("worker", [b"zeros", b"zero", b"mapped"])
+def test_the_unspecified_address_is_never_connected_to(fenced: Rig, worker: bytes) -> None:
+    # connect() to 0.0.0.0 reaches the local host: a deny list naming loopback covers it.
+    answer = ask(fenced, get(worker + b".localhost"))
+    assert answer.status == 502 and answer.code == "upstream_unavailable"
+    assert fenced.upstream.connections == 0
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "[::]", "[::ffff:0.0.0.0]", "0"])
+def test_the_unspecified_address_is_refused_at_registration(fenced: Rig, host: str) -> None:
+    body = json.dumps({"name": "sneaky", "upstreams": [f"http://{host}:8080"]}).encode()
+    data = post(
+        b"127.0.0.1",
+        b"Authorization: Bearer admin-token",
+        b"Content-Type: application/json",
+        b"Content-Length: %d" % len(body),
+        path=b"/admin/workers",
+    )
+    answer = ask(fenced, data + body)
+    assert (answer.status, answer.code) == (400, "invalid_request")
 
 
 # -- what held up ------------------------------------------------------------------------------
