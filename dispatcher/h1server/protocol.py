@@ -32,6 +32,10 @@ _log = logging.getLogger("uvicorn.error")
 
 _CRLF: Final = b"\r\n"
 _SEP: Final = b": "
+# Requests parsed ahead of the one being answered, at most. The parser reads a whole read at a
+# time: without a bound, one 256 KiB read of tiny pipelined requests became thousands of
+# queued requests (about 1 KiB each) held while the client reads no answer.
+MAX_PIPELINED: Final = 32
 
 
 class _HeadTooLarge(Exception):
@@ -40,6 +44,10 @@ class _HeadTooLarge(Exception):
 
 class _InvalidTarget(Exception):
     """Raised from a parser callback: the request target cannot be forwarded."""
+
+
+class _PipelineFull(Exception):
+    """Raised from a parser callback: ``MAX_PIPELINED`` requests already wait their turn."""
 
 
 class H1Protocol(asyncio.Protocol):
@@ -105,6 +113,7 @@ class H1Protocol(asyncio.Protocol):
         self._head_received = 0  # bytes received while a head was unfinished
         self._ended = False  # a request ended in the read being parsed
         self._expect_100 = False
+        self._reads_stopped = False  # see _stop_reading_requests
 
     @property
     def default_headers(self) -> list[tuple[bytes, bytes]]:
@@ -147,15 +156,18 @@ class H1Protocol(asyncio.Protocol):
             if self._unsupported_upgrade():
                 return
         except httptools.HttpParserError as exc:
-            # Nothing parsed in this read has started: a request the parser refused after
-            # its head (a bad Transfer-Encoding, a bad chunk) never reaches the application.
-            self._start_next = None
-            if isinstance(exc.__context__, _HeadTooLarge):
-                self._reject(HeadersTooLarge("The request head is too large"))
+            if isinstance(exc.__context__, _PipelineFull):
+                self._stop_reading_requests()  # what was parsed is answered, and started
             else:
-                _log.warning("Invalid HTTP request received.")
-                self._reject(InvalidRequest("Invalid HTTP request received"))
-            return
+                # Nothing parsed in this read has started: a request the parser refused after
+                # its head (a bad Transfer-Encoding, a bad chunk) never reaches the application.
+                self._start_next = None
+                if isinstance(exc.__context__, _HeadTooLarge):
+                    self._reject(HeadersTooLarge("The request head is too large"))
+                else:
+                    _log.warning("Invalid HTTP request received.")
+                    self._reject(InvalidRequest("Invalid HTTP request received"))
+                return
         cycle = self._start_next
         if cycle is not None:
             self._start_next = None
@@ -230,6 +242,9 @@ class H1Protocol(asyncio.Protocol):
         parser = self.parser
         if parser.should_upgrade() and self._websocket_requested():
             return  # data_received hands the connection over when the parser stops
+        current = self.cycle
+        if current is not None and not current.complete and len(self.pipeline) >= MAX_PIPELINED:
+            raise _PipelineFull
         self._in_body = True  # until on_message_complete, in this read for most requests
         headers = self._headers
         # Header lines parsed from here on are trailers of a chunked body: they go to a list
@@ -282,7 +297,6 @@ class H1Protocol(asyncio.Protocol):
             expect_100=self._expect_100,
         )
         self._parsing = cycle
-        current = self.cycle
         if current is None or current.complete:
             self.cycle = cycle
             self._start_next = cycle  # started when the parser is done with this read
@@ -430,7 +444,7 @@ class H1Protocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.read_paused:
+        if self.read_paused and not self._reads_stopped:
             self.read_paused = False
             self._read_at = self.loop.time()  # the body deadline counts from here again
             self.transport.resume_reading()
@@ -482,6 +496,17 @@ class H1Protocol(asyncio.Protocol):
             elif name == b"upgrade":
                 upgrade = value.lower()
         return upgrade == b"websocket" and b"upgrade" in connection
+
+    def _stop_reading_requests(self) -> None:
+        """``MAX_PIPELINED`` requests wait behind the one being answered: those are answered,
+        nothing more is read, and the connection closes after the last answer (RFC 9112
+        section 9.3.2: a client retries the requests a closed connection left unanswered).
+        """
+        self._reads_stopped = True
+        self.pause_reading()
+        last = self.pipeline[-1] if self.pipeline else self.cycle
+        if last is not None:
+            last.keep_alive = False
 
     def _unsupported_upgrade(self) -> bool:
         """An upgrade other than a WebSocket (``h2c``...): answered as a plain request, if it

@@ -14,7 +14,9 @@ holds what a review with raw sockets found past it, each as a class of inputs).
 4. a ``Set-Cookie`` ``Domain`` naming a base domain in a spelling some browser reads as it
    (trailing dot, quotes, non-ASCII letters IDNA maps onto ASCII ones) is dropped too;
 5. the unspecified address (``0.0.0.0``, ``0``, ``::``) is never an upstream: a connect to it
-   reaches the local host, past a deny list that names loopback.
+   reaches the local host, past a deny list that names loopback;
+6. at most ``MAX_PIPELINED`` requests are parsed ahead of the one being answered; the rest of
+   the connection is not read, and it closes after the last answer.
 
 It also pins what the review tried that held (framing variants the first module does not name).
 """
@@ -28,6 +30,7 @@ from collections.abc import Iterator
 import pytest
 
 from dispatcher.app import create_app
+from dispatcher.h1server.protocol import MAX_PIPELINED
 from dispatcher.settings import Settings
 from tests.integration.test_hostile import Client, Rig, ask, get, post, unseen
 from tests.recording import RecordingUpstream
@@ -245,6 +248,32 @@ def test_the_unspecified_address_is_refused_at_registration(fenced: Rig, host: s
     )
     answer = ask(fenced, data + body)
     assert (answer.status, answer.code) == (400, "invalid_request")
+
+
+# -- 6. pipelining is bounded ---------------------------------------------------------------------
+
+
+def test_pipelined_requests_beyond_the_bound_are_not_read(target: Rig) -> None:
+    # One read of tiny pipelined requests was parsed whole: thousands of queued requests
+    # (about 1 KiB of memory each) held for a client that reads no answer.
+    sent = MAX_PIPELINED + 40
+    before = len(target.upstream.requests)
+    with Client(target.port) as client:
+        client.send(get(b"alpha.localhost") * sent)  # one write: one read on loopback
+        answers = [client.answer() for _ in range(MAX_PIPELINED + 1)]
+        assert client.closed()
+    assert [answer.status for answer in answers] == [200] * (MAX_PIPELINED + 1)
+    assert answers[-1].headers[b"connection"] == b"close"
+    assert len(target.upstream.requests) - before == MAX_PIPELINED + 1
+
+
+def test_pipelined_requests_within_the_bound_are_all_answered(target: Rig) -> None:
+    with Client(target.port) as client:
+        client.send(get(b"alpha.localhost") * (MAX_PIPELINED + 1))
+        answers = [client.answer() for _ in range(MAX_PIPELINED + 1)]
+        client.send(get(b"alpha.localhost"))  # the connection stays open
+        assert client.answer().status == 200
+    assert all(b"connection" not in answer.headers for answer in answers)
 
 
 # -- what held up ------------------------------------------------------------------------------
