@@ -18,12 +18,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
 from pydantic import ValidationError
 
 from dispatcher import __version__
 from dispatcher.errors import DispatcherError
 from dispatcher.hosts import normalize_host
-from dispatcher.onboarding import DomainVerifier, check_placement, domain_records
+from dispatcher.onboarding import (
+    DomainVerifier,
+    check_placement,
+    domain_records,
+    log_operator_status,
+)
 from dispatcher.routing import UNAVAILABLE, DomainAnswer, Route, RoutingTable, resolve
 from dispatcher.settings import ConfigError, Settings, load_settings
 from workers_registry.migrate import upgrade
@@ -38,6 +44,18 @@ from workers_registry.models import (
 from workers_registry.store import RegistryStore
 
 __all__ = ["main"]
+
+
+class _StderrLogger:
+    """A structlog logger writing each line to whatever ``sys.stderr`` is at the time."""
+
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = failure = msg
 
 
 class CommandError(Exception):
@@ -257,6 +275,10 @@ RegistryCommand = Callable[[RegistryStore, Settings, argparse.Namespace], Awaita
 
 def _registry(command: RegistryCommand) -> Callable[[Settings, argparse.Namespace], int]:
     def run(settings: Settings, args: argparse.Namespace) -> int:
+        # Log lines (a status change found by `domains verify`, say) go to stderr: stdout is
+        # the command's answer, JSON with --json.
+        structlog.configure(logger_factory=_StderrLogger)
+
         async def go() -> int:
             await upgrade(settings.async_database_url)
             store = RegistryStore.from_url(settings.async_database_url)
@@ -442,6 +464,7 @@ async def _domains_set_status(
 ) -> int:
     domain = _domain_arg(args.domain)
     updated = await store.set_domain_status(domain, DomainStatus(args.status))
+    log_operator_status(updated, "CLI")
     print(f"domain {updated.domain} is now {updated.status.value}")
     return 0
 
