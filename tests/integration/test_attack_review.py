@@ -16,7 +16,9 @@ holds what a review with raw sockets found past it, each as a class of inputs).
 5. the unspecified address (``0.0.0.0``, ``0``, ``::``) is never an upstream: a connect to it
    reaches the local host, past a deny list that names loopback;
 6. at most ``MAX_PIPELINED`` requests are parsed ahead of the one being answered; the rest of
-   the connection is not read, and it closes after the last answer.
+   the connection is not read, and it closes after the last answer;
+7. a per-client rate limit reads ``address:port`` entries of the trusted ``X-Forwarded-For``
+   chain as the address (a new source port was a new budget).
 
 It also pins what the review tried that held (framing variants the first module does not name).
 """
@@ -302,6 +304,47 @@ def test_pipelined_requests_within_the_bound_are_all_answered(target: Rig) -> No
         answers.read(client, MAX_PIPELINED + 2)
     assert [status for status, _ in answers.done] == [200] * (MAX_PIPELINED + 2)
     assert all(b"connection" not in headers for _, headers in answers.done)
+
+
+# -- 7. a client's port in the trusted chain ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def behind_a_balancer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    """The test client is a trusted proxy here: its X-Forwarded-For names the client."""
+    database = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('chain') / 'c.db'}"
+    with RecordingUpstream() as upstream:
+
+        async def seed() -> None:
+            await upgrade(database)
+            async with RegistryStore.from_url(database) as store:
+                for name in ("perip4", "perip6"):
+                    await store.add_worker(
+                        WorkerCreate(name=name, upstreams=[upstream.url], client_rate_limit=0.01)
+                    )
+
+        asyncio.run(seed())
+        settings = Settings(database_url=database, trusted_proxies=("127.0.0.1",))
+        with serve_gateway(create_app(settings)) as server:
+            yield Rig(server.port, upstream)
+
+
+@pytest.mark.parametrize(
+    "worker, first, second",
+    [
+        (b"perip4", b"198.51.100.7:40001", b"198.51.100.7:40002"),
+        (b"perip6", b"[2001:db8::7]:40001", b"[2001:db8::7]:40002, 127.0.0.1:8080"),
+    ],
+    ids=["ipv4", "ipv6"],
+)
+def test_a_port_in_the_chain_does_not_buy_a_new_client_budget(
+    behind_a_balancer: Rig, worker: bytes, first: bytes, second: bytes
+) -> None:
+    # Some load balancers append "address:port": every new source port was a new client.
+    host = worker + b".localhost"
+    assert ask(behind_a_balancer, get(host, b"X-Forwarded-For: " + first)).status == 200
+    answer = ask(behind_a_balancer, get(host, b"X-Forwarded-For: " + second))
+    assert answer.status == 429 and answer.code == "rate_limited"
 
 
 # -- what held up ------------------------------------------------------------------------------
