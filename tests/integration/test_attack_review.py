@@ -415,3 +415,29 @@ def test_connection_cannot_name_framing_or_our_headers(target: Rig) -> None:
     assert received.body == b"abc" and received.value(b"content-length") == b"3"
     assert received.value(b"x-forwarded-for") == b"127.0.0.1"
     assert received.value(b"x-dispatch-worker") == b"alpha"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "HTTP://169.254.169.254",
+        " http://169.254.169.254",
+        "http://169.254.169.254.",
+        "http://[::ffff:a9fe:a9fe]",
+        "http://[0:0:0:0:0:ffff:a9fe:a9fe]",
+        "http://[::a9fe:a9fe]",
+        "http://[64:ff9b::a9fe:a9fe]",
+        "http://[2002:a9fe:a9fe::]",
+        "http://0251.0376.0251.0376",
+        "http://169.254.43518",
+        "http://0xa9fea9fe",
+        "http://x@169.254.169.254",
+        "http://169.254.169.254:80@x",
+        "http://[::ffff:169.254.169.254%25eth0]",
+    ],
+)
+def test_metadata_upstream_spellings_are_refused_at_registration(url: str) -> None:
+    with pytest.raises(ValueError):
+        WorkerCreate.model_validate(
+            {"name": "x", "upstreams": [url]}, context=Settings().registration_context
+        )
