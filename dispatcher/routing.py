@@ -16,6 +16,7 @@ On a tenant host the tenant owns every path, ``/health`` included.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
@@ -284,6 +285,13 @@ _DOT_SEGMENTS: Final = frozenset({".", ".."})
 # (IIS, some Java and Node ones), ``;`` starts path parameters (``..;`` is ``..`` to Tomcat).
 _SEPARATORS: Final = re.compile(r"[/\\]")
 _DECODE_ROUNDS: Final = 3  # ``%252e`` is ``.`` to an upstream that decodes twice
+# Other spellings of ``.``, ``/`` and ``\\`` some upstream reads: ``%u002e`` (IIS, .NET's
+# UrlDecode), overlong UTF-8 (``%c0%ae``: old Java and Tomcat decoders) and compatibility
+# characters (fullwidth ``%ef%bc%8e``, which NFKC folds to ``.``).
+_PERCENT_U: Final = re.compile(r"%u([0-9a-f]{4})", re.IGNORECASE)
+_OVERLONG: Final = re.compile(
+    rb"[\xc0\xc1][\x80-\xbf]|\xe0[\x80-\x9f][\x80-\xbf]|\xf0[\x80-\x8f][\x80-\xbf]{2}"
+)
 
 
 def _reject_dot_segments(text: str) -> None:
@@ -294,16 +302,39 @@ def _reject_dot_segments(text: str) -> None:
     a path route's ``/dispatch/<name>``. Normalising would have to guess how each upstream
     reads a path; refusing does not: a segment that, once percent-decoded (repeatedly), cut
     at ``;`` and split on ``/`` or ``\\`` too, is ``.`` or ``..`` (trailing blanks and NULs
-    ignored) is 400 on every route kind. Browsers never send one (they resolve dot segments
-    before sending), so only hand-made requests meet this. ``text`` is the raw path decoded
-    as latin-1; the callers look for a ``%``, ``/.`` or ``\\.`` in it first (as ``str``: on
-    bytes, ``in`` costs an exception raised and cleared in CPython 3.11), since without one no
-    segment can be a dot segment.
+    ignored) is 400 on every route kind, and so is one that is ``.`` or ``..`` once ``%uXXXX``
+    escapes, overlong UTF-8 and compatibility characters are read as well (``_unicode_reading``).
+    Browsers never send one (they resolve dot segments before sending), so only hand-made
+    requests meet this. ``text`` is the raw path decoded as latin-1; the callers look for a
+    ``%``, ``/.`` or ``\\.`` in it first (as ``str``: on bytes, ``in`` costs an exception raised
+    and cleared in CPython 3.11), since without one no segment can be a dot segment.
     """
     for _ in range(_DECODE_ROUNDS):
         if "%" not in text:
             break
         text = unquote(text, encoding="latin-1")
+    _reject_dot_segment_in(text)
+    if not text.isascii() or "%u" in text or "%U" in text:
+        _reject_dot_segment_in(_unicode_reading(text))
+
+
+def _reject_dot_segment_in(text: str) -> None:
     for segment in _SEPARATORS.split(text):
         if segment.partition(";")[0].rstrip(" \t\x00") in _DOT_SEGMENTS:
             raise InvalidRequest("Dot segments ('.' or '..') are not allowed in request paths")
+
+
+def _unicode_reading(text: str) -> str:
+    """The percent-decoded path ``text`` (latin-1) as the most lenient upstream reads it."""
+    raw = _OVERLONG.sub(_shortest_form, text.encode("latin-1"))
+    decoded = _PERCENT_U.sub(lambda match: chr(int(match[1], 16)), raw.decode("utf-8", "replace"))
+    return unicodedata.normalize("NFKC", decoded)
+
+
+def _shortest_form(match: re.Match[bytes]) -> bytes:
+    """An overlong UTF-8 sequence (``c0 ae``) rewritten as the character it spells (``.``)."""
+    sequence = match[0]
+    code = sequence[0] & (0x1F, 0x0F, 0x07)[len(sequence) - 2]
+    for byte in sequence[1:]:
+        code = code << 6 | byte & 0x3F
+    return chr(code).encode("utf-8", "surrogatepass")
