@@ -109,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--max-body-bytes", type=int)
     add.add_argument("--upstream-timeout", type=float)
     add.add_argument("--max-concurrency", type=int)
+    add.add_argument("--rate-limit", type=float, metavar="N", help="requests per second")
+    add.add_argument("--rate-burst", type=int, metavar="N", help="requests at once above it")
+    add.add_argument(
+        "--client-rate-limit", type=float, metavar="N", help="requests per second per client IP"
+    )
     add.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
     add.set_defaults(handler=_registry(_workers_add))
     listing = workers.add_parser("list", help="list workers")
@@ -316,6 +321,9 @@ async def _workers_add(store: RegistryStore, settings: Settings, args: argparse.
             "max_body_bytes": args.max_body_bytes,
             "upstream_timeout": args.upstream_timeout,
             "max_concurrency": args.max_concurrency,
+            "rate_limit": args.rate_limit,
+            "rate_burst": args.rate_burst,
+            "client_rate_limit": args.client_rate_limit,
             "tags": tags,
         },
         settings,

@@ -29,6 +29,7 @@ from dispatcher.metrics import Metrics, StateReading
 from dispatcher.onboarding import DomainVerifier, OnboardingMetrics
 from dispatcher.proxy.transport import UpstreamTransport
 from dispatcher.proxy.upstreams import UpstreamSelector
+from dispatcher.ratelimit import RateLimiter
 from dispatcher.routing import DomainAnswer, Route, RoutingTable, resolve
 from dispatcher.settings import Settings
 from workers_registry.changes import PostgresListener, RegistryFollower, RegistrySnapshot
@@ -57,6 +58,8 @@ class DispatcherState:
         self.domains: CustomDomainResolver | None = None
         self.listener: PostgresListener | None = None
         self.metrics = Metrics(self._state_reading, per_worker=settings.metrics_per_worker)
+        self.limiter = RateLimiter(settings)
+        self.metrics.registry.register(self.limiter)
         self.onboarding_metrics = OnboardingMetrics()
         self.metrics.registry.register(self.onboarding_metrics)
         self.domain_verifier: DomainVerifier | None = None
@@ -161,6 +164,10 @@ class DispatcherState:
             "hit_ratio": round(domains.hit_ratio, 4),
         }
         checks["upstreams"] = {"ejected": self.selector.ejected()}
+        # Reported, not judged: every replica shares the one Redis, so taking replicas out of
+        # rotation for it would not help; rate_limit_fail_open decides what requests see.
+        await self.limiter.probe()
+        checks["rate_limit"] = self.limiter.state()
         if self.listener is not None:
             checks["listener"] = {"connected": self.listener.connected}
             ok = ok and self.listener.connected
@@ -240,11 +247,13 @@ class DispatcherState:
         if self.follower is not None:
             await self.follower.aclose()
         await self.transport.aclose()
+        await self.limiter.aclose()
         if self.store is not None:
             await self.store.aclose()
 
     def _apply_snapshot(self, snapshot: RegistrySnapshot) -> None:
         self.table = self._table(snapshot)
+        self.limiter.forget()
         if self.domains is not None:
             # The version poll cannot say which domain changed: forget them all.
             self.domains.invalidate()
