@@ -95,7 +95,9 @@ class RedisCounters:
             timeout=None,  # waiting for a connection is bounded by asyncio.timeout below
             socket_connect_timeout=timeout,
             socket_timeout=None,  # the call as a whole is bounded by asyncio.timeout
-            retry=Retry(NoBackoff(), 0),  # no retries inside a request: it cannot wait
+            # One immediate retry on a fresh connection (a pooled one may predate a Redis
+            # restart), still inside the one timeout; no backoff: a request cannot wait.
+            retry=Retry(NoBackoff(), 1),
             health_check_interval=0,
         )
         self._redis = Redis.from_pool(pool)  # closing the client closes the pool
@@ -164,7 +166,7 @@ class RedisCounters:
                 except NoScriptError:  # first use, or Redis restarted: load it once
                     reply = await self._redis.eval(REDIS_SCRIPT, len(keys), *keys, *args)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
+            await self._failed(exc)
             return None
         finally:
             self._probing = False
@@ -203,13 +205,13 @@ class RedisCounters:
             async with asyncio.timeout(self._timeout):
                 await self._redis.ping()
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
+            await self._failed(exc)
             return
         finally:
             self._probing = False
         self._recovered()
 
-    def _failed(self, exc: BaseException) -> None:
+    async def _failed(self, exc: BaseException) -> None:
         self.failures += 1
         now = time.monotonic()
         if self.available:
@@ -217,6 +219,9 @@ class RedisCounters:
             self.outages += 1
             self._since = now
             self._backoff = _MIN_BACKOFF
+            # The idle pooled connections belong to the Redis that failed: the next try after
+            # the backoff starts on new ones instead of failing on each stale one in turn.
+            await self._redis.connection_pool.disconnect(inuse_connections=False)
             # Once per outage, never per request; the exception's type only (no text: it may
             # carry the URL and its password).
             _log.warning("rate_limit_store_unavailable", backend="redis", error=type(exc).__name__)

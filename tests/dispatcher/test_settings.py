@@ -87,7 +87,7 @@ def test_shipped_config_file_names_every_setting_with_its_default() -> None:
     shipped = REPO / "config" / "dispatcher.toml"
     keys = set(tomllib.loads(shipped.read_text()))
     # Unset by default: commented out.
-    assert keys == set(Settings.model_fields) - {"admin_token", "cname_target", "rate_limit_url"}
+    assert keys == set(Settings.model_fields) - {"admin_token", "rate_limit_url"}
     assert load_settings(shipped) == load_settings()
 
 
