@@ -27,9 +27,10 @@ Transactions per backend:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
 import sqlalchemy as sa
@@ -60,9 +61,16 @@ from workers_registry.models import (
     WorkerCreate,
     WorkerSpec,
 )
-from workers_registry.tables import REGISTRY_VERSION_ID, custom_domains, registry_version, workers
+from workers_registry.tables import (
+    REGISTRY_VERSION_ID,
+    custom_domains,
+    registry_changes,
+    registry_version,
+    workers,
+)
 
 __all__ = [
+    "Change",
     "RegistryStore",
     "async_database_url",
     "autocommit",
@@ -108,9 +116,43 @@ _SPEC_FIELDS: set[str] = set(WorkerSpec.model_fields)
 _VERSION_QUERY = sa.select(registry_version.c.version).where(
     registry_version.c.id == REGISTRY_VERSION_ID
 )
+_CHANGES_AFTER = (
+    sa.select(
+        registry_changes.c.seq,
+        registry_changes.c.table_name,
+        registry_changes.c.key,
+        registry_changes.c.op,
+    )
+    .where(registry_changes.c.seq > sa.bindparam("after"))
+    .order_by(registry_changes.c.seq)
+    .limit(sa.bindparam("limit"))
+)
+_WORKERS_NAMED = sa.select(*_WORKER_COLUMNS).where(
+    workers.c.name.in_(sa.bindparam("keys", expanding=True))
+)
+_DOMAINS_NAMED = sa.select(*_DOMAIN_COLUMNS).where(
+    custom_domains.c.domain.in_(sa.bindparam("keys", expanding=True))
+)
+#: Keys per ``IN (...)`` query when rows are read by key.
+_KEYS_PER_QUERY = 1000
+#: Rows a full load reads and validates between two turns of the event loop (~5 ms).
+LOAD_CHUNK = 500
 _LOOKUP_DOMAIN = sa.select(*_DOMAIN_COLUMNS).where(
     custom_domains.c.domain == sa.bindparam("domain")
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the change log: row ``key`` of ``table`` changed by ``op`` at ``seq``.
+
+    ``key`` is ``None`` for a ``truncate`` (every row of the table).
+    """
+
+    seq: int
+    table: str
+    key: str | None
+    op: str
 
 
 def async_database_url(url: str) -> str:
@@ -332,20 +374,23 @@ class RegistryStore:
         *,
         duplicate: str | None = None,
         unknown_worker: str | None = None,
+        timeout: float | None = None,
     ) -> AsyncIterator[AsyncConnection]:
         """One transaction under the query timeout: the one place errors are mapped.
 
         ``duplicate`` is the ``Conflict`` message for a primary-key clash; ``unknown_worker``
-        the worker name to report when a foreign key finds no worker.
+        the worker name to report when a foreign key finds no worker; ``timeout`` replaces
+        the query timeout for a transaction of many statements (loads, imports).
         """
+        timeout = self._query_timeout if timeout is None else timeout
         try:
-            async with asyncio.timeout(self._query_timeout), engine.begin() as connection:
+            async with asyncio.timeout(timeout), engine.begin() as connection:
                 yield connection
         except sa_exc.IntegrityError as exc:
             raise _integrity_error(exc, duplicate=duplicate, unknown_worker=unknown_worker) from exc
         except TimeoutError as exc:
             raise RegistryUnavailable(
-                f"The worker registry did not answer within {self._query_timeout:g} s"
+                f"The worker registry did not answer within {timeout:g} s"
             ) from exc
         except _UNAVAILABLE as exc:
             raise RegistryUnavailable("The worker registry database cannot be reached") from exc
@@ -357,14 +402,57 @@ class RegistryStore:
         async with self._transaction(self._reader) as connection:
             return int((await connection.execute(_VERSION_QUERY)).scalar_one())
 
-    async def load_workers(self) -> tuple[int, list[Worker]]:
-        """The version and every worker (ordered by name), read from one snapshot."""
-        async with self._transaction(self._snapshot) as connection:
+    async def load_workers(self, *, timeout: float = 120.0) -> tuple[int, list[Worker]]:
+        """The version and every worker (ordered by name), read from one snapshot.
+
+        Rows arrive and are validated ``LOAD_CHUNK`` at a time with a turn of the event loop
+        between chunks, so loading 100,000 workers never holds the loop for long. ``timeout``
+        bounds the whole load (the per-query timeout would cut a large one short).
+        """
+        loaded: list[Worker] = []
+        query = sa.select(*_WORKER_COLUMNS).order_by(workers.c.name)
+        async with self._transaction(self._snapshot, timeout=timeout) as connection:
             version = int((await connection.execute(_VERSION_QUERY)).scalar_one())
-            rows = (
-                await connection.execute(sa.select(*_WORKER_COLUMNS).order_by(workers.c.name))
-            ).all()
-        return version, _workers(rows)
+            result = await connection.stream(query.execution_options(yield_per=LOAD_CHUNK))
+            async for rows in result.partitions():
+                loaded.extend(_workers(rows))
+                await asyncio.sleep(0)
+        return version, loaded
+
+    # -- the change log --------------------------------------------------------------------
+
+    async def changes_after(self, seq: int, limit: int = 10_000) -> list[Change]:
+        """Up to ``limit`` change-log entries after ``seq``, in order."""
+        async with self._transaction(self._reader) as connection:
+            rows = (await connection.execute(_CHANGES_AFTER, {"after": seq, "limit": limit})).all()
+        return [Change(row.seq, row.table_name, row.key, row.op) for row in rows]
+
+    async def workers_named(self, names: Collection[str]) -> list[Worker]:
+        """The workers among ``names`` that exist (valid rows only), in no particular order."""
+        rows = await self._rows_by_key(_WORKERS_NAMED, names)
+        return _workers(rows)
+
+    async def domains_named(self, domains: Collection[str]) -> list[CustomDomain]:
+        """The custom domains among ``domains`` (normalised keys) that exist."""
+        return [_domain(row) for row in await self._rows_by_key(_DOMAINS_NAMED, domains)]
+
+    async def _rows_by_key(self, query: sa.Select[Any], keys: Collection[str]) -> list[Row[Any]]:
+        ordered = sorted(keys)
+        rows: list[Row[Any]] = []
+        for start in range(0, len(ordered), _KEYS_PER_QUERY):
+            chunk = ordered[start : start + _KEYS_PER_QUERY]
+            async with self._transaction(self._reader) as connection:
+                rows.extend((await connection.execute(query, {"keys": chunk})).all())
+        return rows
+
+    async def prune_changes(self, retention: float) -> int:
+        """Delete change-log entries older than ``retention`` seconds; how many went."""
+        cutoff = _now() - timedelta(seconds=retention)
+        async with self._transaction(self._writer) as connection:
+            result = await connection.execute(
+                sa.delete(registry_changes).where(registry_changes.c.changed_at < cutoff)
+            )
+        return int(result.rowcount or 0)
 
     # -- workers -------------------------------------------------------------------------
 
