@@ -47,6 +47,7 @@ from dispatcher.routing import (
 )
 from dispatcher.settings import Settings
 from workers_registry.changes import PostgresListener, RegistryFollower, RegistrySnapshot
+from workers_registry.models import Worker
 from workers_registry.store import RegistryStore
 
 __all__ = ["Gateway", "create_app"]
@@ -78,7 +79,7 @@ class Gateway:
             max_hops=settings.max_hops,
             max_header_bytes=settings.max_header_bytes,
         )
-        selector = UpstreamSelector()
+        selector = self.selector = UpstreamSelector()
         self.forwarder = Forwarder(settings, self.transport, policy, selector)
         self.websockets = WebSocketForwarder(settings, policy, selector)
         self.table = self._table(RegistrySnapshot(version=-1, workers=()))
@@ -126,8 +127,12 @@ class Gateway:
             cache_misses=domains.misses if domains else 0,
             cache_size=len(domains) if domains else 0,
             registry_reloads=follower.reloads if follower else 0,
-            registry_version=follower.snapshot.version if follower else -1,
+            registry_version=follower.applied if follower else -1,
             workers=len(self.table.workers),
+            registry_changes_applied=follower.changes_applied if follower else 0,
+            registry_resyncs=follower.resyncs if follower else 0,
+            registry_lag=follower.lag if follower else 0,
+            registry_lag_seconds=follower.lag_seconds if follower else 0.0,
         )
 
     async def health_report(self) -> tuple[bool, dict[str, Any]]:
@@ -149,12 +154,18 @@ class Gateway:
                 "version": version,
                 "latency_ms": round((time.perf_counter() - started) * 1000, 2),
             }
-        snapshot = self.follower.snapshot
+        follower = self.follower
         checks["snapshot"] = {
-            "version": snapshot.version,
-            "workers": len(snapshot.workers),
-            "age_seconds": round(snapshot.age, 3),
-            "reloads": self.follower.reloads,
+            "version": follower.applied,
+            "applied_seq": follower.applied,
+            "head_seq": follower.head,
+            "lag": follower.lag,
+            "lag_seconds": round(follower.lag_seconds, 3),
+            "workers": len(self.table.workers),
+            "age_seconds": round(time.monotonic() - follower.applied_at, 3),
+            "reloads": follower.reloads,
+            "resyncs": follower.resyncs,
+            "changes_applied": follower.changes_applied,
         }
         domains = self.domains
         checks["domain_cache"] = {
@@ -375,11 +386,15 @@ class Gateway:
             ttl=settings.domain_cache_ttl,
             negative_ttl=settings.domain_negative_ttl,
             maxsize=settings.domain_cache_size,
+            lookup_many=self.store.domains_named,
         )
         self.follower = RegistryFollower(
             self.store,
             poll_interval=settings.registry_poll_interval,
-            on_change=self._apply_snapshot,
+            on_load=self._apply_snapshot,
+            on_worker=self._apply_worker,
+            on_domains=self.domains.refresh,
+            retention=settings.registry_change_retention,
         )
         await self.follower.start()
         if not self.follower.healthy:
@@ -403,10 +418,15 @@ class Gateway:
             await self.store.aclose()
 
     def _apply_snapshot(self, snapshot: RegistrySnapshot) -> None:
+        """A full load: a new table swapped in whole (the follower refreshes cached hosts)."""
         self.table = self._table(snapshot)
-        if self.domains is not None:
-            # The version poll cannot say which domain changed: forget them all.
-            self.domains.invalidate()
+
+    def _apply_worker(self, name: str, worker: Worker | None) -> None:
+        """One worker changed: the table's entry and that worker's upstream state only."""
+        old = self.table.workers.get(name)
+        self.table.put_worker(name, worker)
+        if old is not None:
+            self.selector.forget(old, worker)
 
     def _table(self, snapshot: RegistrySnapshot) -> RoutingTable:
         return RoutingTable.build(

@@ -50,6 +50,10 @@ class StateReading:
     registry_reloads: int
     registry_version: int
     workers: int
+    registry_changes_applied: int = 0
+    registry_resyncs: int = 0
+    registry_lag: int = 0
+    registry_lag_seconds: float = 0.0
 
 
 class _StateCollector(Collector):
@@ -71,13 +75,38 @@ class _StateCollector(Collector):
         )
         yield CounterMetricFamily(
             "dispatcher_registry_reloads",
-            "Worker snapshot reloads",
+            "Full loads of every worker (start and resyncs)",
             value=state.registry_reloads,
+        )
+        yield CounterMetricFamily(
+            "dispatcher_registry_changes_applied",
+            "Change-log entries applied one key at a time",
+            value=state.registry_changes_applied,
+        )
+        yield CounterMetricFamily(
+            "dispatcher_registry_resyncs",
+            "Full loads because the change log could not bridge the gap",
+            value=state.registry_resyncs,
         )
         yield GaugeMetricFamily(
             "dispatcher_registry_version",
-            "Registry version of the snapshot",
+            "Sequence number of the last registry change applied",
             value=state.registry_version,
+        )
+        yield GaugeMetricFamily(
+            "dispatcher_registry_applied_sequence",
+            "Sequence number of the last registry change applied",
+            value=state.registry_version,
+        )
+        yield GaugeMetricFamily(
+            "dispatcher_registry_apply_lag",
+            "Registry changes known to exist and not applied yet",
+            value=state.registry_lag,
+        )
+        yield GaugeMetricFamily(
+            "dispatcher_registry_apply_lag_seconds",
+            "How long the oldest known unapplied registry change has waited",
+            value=state.registry_lag_seconds,
         )
         yield GaugeMetricFamily(
             "dispatcher_workers", "Workers in the snapshot", value=state.workers

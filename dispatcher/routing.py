@@ -15,7 +15,7 @@ On a tenant host the tenant owns every path, ``/health`` included.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Final
@@ -101,15 +101,16 @@ _INFO_METHODS: Final = frozenset({"GET", "HEAD"})
 
 @dataclass(frozen=True, slots=True)
 class RoutingTable:
-    """The data routing needs: configuration plus the worker snapshot.
+    """The data routing needs: configuration plus every worker.
 
-    Rebuilt (cheaply) whenever the registry snapshot changes; never mutated.
+    Built whole at a full load of the registry; after that, ``put_worker`` changes one worker
+    at a time (the registry's change log), forgetting only what was derived from it.
     """
 
     base_domains: tuple[str, ...]
     control_hosts: frozenset[str]
     reserved: frozenset[str]
-    workers: Mapping[str, Worker]
+    workers: dict[str, Worker]
     # What ``subdomain_worker`` answered per host: a worker, None, or the error to raise.
     _subdomains: dict[str, Worker | RoutingError | None] = field(
         default_factory=dict, compare=False, repr=False
@@ -171,6 +172,15 @@ class RoutingTable:
         if isinstance(known, RoutingError):
             raise type(known)(known.message)  # a fresh one: a raised error keeps its traceback
         return known  # type: ignore[return-value]
+
+    def put_worker(self, name: str, worker: Worker | None) -> None:
+        """Replace worker ``name`` (``None``: remove it) and forget its subdomain answers."""
+        if worker is None:
+            self.workers.pop(name, None)
+        else:
+            self.workers[name] = worker
+        for base in self.base_domains:
+            self._subdomains.pop(f"{name}.{base}", None)
 
     def worker(self, name: str) -> Worker:
         """The enabled worker called ``name``, or ``WorkerNotFound``."""

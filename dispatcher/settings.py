@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     via_name: str = Field("dispatcher", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     max_hops: int = Field(3, ge=1)
     registry_poll_interval: float = Field(2.0, gt=0)
+    registry_change_retention: float = Field(3600.0, gt=0)
     metrics_per_worker: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"

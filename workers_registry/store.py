@@ -374,15 +374,15 @@ class RegistryStore:
         *,
         duplicate: str | None = None,
         unknown_worker: str | None = None,
-        timeout: float | None = None,
+        limit: float | None = None,
     ) -> AsyncIterator[AsyncConnection]:
         """One transaction under the query timeout: the one place errors are mapped.
 
         ``duplicate`` is the ``Conflict`` message for a primary-key clash; ``unknown_worker``
-        the worker name to report when a foreign key finds no worker; ``timeout`` replaces
-        the query timeout for a transaction of many statements (loads, imports).
+        the worker name to report when a foreign key finds no worker; ``limit`` replaces the
+        query timeout (seconds) for a transaction of many statements (loads, imports).
         """
-        timeout = self._query_timeout if timeout is None else timeout
+        timeout = self._query_timeout if limit is None else limit
         try:
             async with asyncio.timeout(timeout), engine.begin() as connection:
                 yield connection
@@ -402,16 +402,16 @@ class RegistryStore:
         async with self._transaction(self._reader) as connection:
             return int((await connection.execute(_VERSION_QUERY)).scalar_one())
 
-    async def load_workers(self, *, timeout: float = 120.0) -> tuple[int, list[Worker]]:
+    async def load_workers(self, *, limit: float = 120.0) -> tuple[int, list[Worker]]:
         """The version and every worker (ordered by name), read from one snapshot.
 
         Rows arrive and are validated ``LOAD_CHUNK`` at a time with a turn of the event loop
-        between chunks, so loading 100,000 workers never holds the loop for long. ``timeout``
-        bounds the whole load (the per-query timeout would cut a large one short).
+        between chunks, so loading 100,000 workers never holds the loop for long. ``limit``
+        (seconds) bounds the whole load (the per-query timeout would cut a large one short).
         """
         loaded: list[Worker] = []
         query = sa.select(*_WORKER_COLUMNS).order_by(workers.c.name)
-        async with self._transaction(self._snapshot, timeout=timeout) as connection:
+        async with self._transaction(self._snapshot, limit=limit) as connection:
             version = int((await connection.execute(_VERSION_QUERY)).scalar_one())
             result = await connection.stream(query.execution_options(yield_per=LOAD_CHUNK))
             async for rows in result.partitions():

@@ -155,7 +155,7 @@ def downgrade() -> None:
     initial = context.script.get_revision("0001").module  # its trigger definitions
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP TRIGGER registry_version_announce ON registry_version")
-        for table, key in _LOGGED.items():
+        for table in _LOGGED:
             op.execute(f"DROP TRIGGER {table}_truncate_log_change ON {table}")
             for operation in _OPERATIONS:
                 op.execute(f"DROP TRIGGER {table}_{operation}_log_change ON {table}")
