@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from dispatcher import __version__
+from dispatcher.control.admin import admin_routes
 from dispatcher.control.docs import docs_routes
 from dispatcher.control.openapi import openapi_document
 from dispatcher.errors import (
@@ -28,7 +29,6 @@ from dispatcher.errors import (
 from dispatcher.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from dispatcher.responses import error_body
 from dispatcher.settings import Settings
-from workers_registry.admin import admin_routes
 from workers_registry.store import RegistryStore
 
 __all__ = ["REQUEST_ID_KEY", "ControlState", "create_control_app"]

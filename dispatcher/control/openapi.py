@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document of the control plane and the admin API.
 
 Built from the pydantic models (``dispatcher.control.schemas`` for the control plane's own
-answers, ``workers_registry.models`` and ``workers_registry.admin`` for the admin API), so the
+answers, ``workers_registry.models`` and ``dispatcher.control.admin`` for the admin API), so the
 document changes when a model does. Every route the control plane serves is described here,
 including the error contract's body and the bearer scheme of ``/admin``. Pure: no I/O, no
 settings; ``openapi_document()`` returns a fresh dict.
@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from dispatcher import __version__
+from dispatcher.control.admin import DomainList, WorkerList
 from dispatcher.control.schemas import (
     DispatchInfo,
     ErrorBody,
@@ -29,7 +30,6 @@ from dispatcher.control.schemas import (
     ServiceInfo,
     TlsPermission,
 )
-from workers_registry.admin import DomainList, WorkerList
 from workers_registry.models import (
     UPSTREAM_URL_PATTERN,
     CustomDomain,

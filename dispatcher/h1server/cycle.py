@@ -16,14 +16,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 
-from dispatcher.proxy.headers import header_lines
+from dispatcher.asgi import Message, header_lines
 
 if TYPE_CHECKING:
     from dispatcher.h1server.protocol import H1Protocol
 
 __all__ = ["CLOSE_HEADER", "STATUS_LINES", "Cycle", "HeadFlusher", "Message", "tokens"]
-
-Message = dict[str, Any]
 
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK: Final = b"0\r\n\r\n"

@@ -14,6 +14,7 @@ from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 from uvicorn.server import ServerState
 
+from dispatcher.asgi import REQUEST_IDS
 from dispatcher.errors import DispatcherError, HeadersTooLarge, InvalidRequest
 from dispatcher.h1server.cycle import (
     CLOSE_HEADER,
@@ -23,13 +24,11 @@ from dispatcher.h1server.cycle import (
     Message,
     tokens,
 )
-from dispatcher.proxy.headers import RequestIds
 from dispatcher.responses import error_body, error_head
 
 __all__ = ["H1Protocol"]
 
 _log = logging.getLogger("uvicorn.error")
-_ids = RequestIds()
 
 _CRLF: Final = b"\r\n"
 _SEP: Final = b": "
@@ -350,7 +349,7 @@ class H1Protocol(asyncio.Protocol):
                 if cycle.started:
                     self.transport.close()
                     return
-        request_id = _ids.new()
+        request_id = REQUEST_IDS.new()
         body = error_body(error, request_id)
         parts = [STATUS_LINES[error.status]]
         for name, value in error_head(error, request_id, len(body)):

@@ -30,10 +30,10 @@ import asyncio
 import ssl
 from typing import Final, cast
 
+from dispatcher.asgi import header_lines
 from dispatcher.errors import UpstreamConnectFailed, UpstreamUnavailable
 from dispatcher.proxy._h1exchange import H1Exchange, StaleConnection, wake
 from dispatcher.proxy.coarse import CoarseTimers
-from dispatcher.proxy.headers import header_lines
 from dispatcher.proxy.transport import Headers, Origin, RequestBody, UpstreamResponse
 
 __all__ = ["H1Pool"]

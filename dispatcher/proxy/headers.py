@@ -12,27 +12,25 @@ names arrive in any case and are compared lowercased.
 from __future__ import annotations
 
 import ipaddress
-import itertools
-import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
+from dispatcher.asgi import Headers, RequestIds, Scope
 from dispatcher.errors import HeadersTooLarge, InvalidRequest, LoopDetected
+
+if TYPE_CHECKING:
+    from dispatcher.routing import Route
 
 __all__ = [
     "HOP_BY_HOP",
+    "ForwardContext",
     "HeaderPolicy",
     "RequestHeaders",
-    "RequestIds",
     "TrustPolicy",
     "filter_response_headers",
-    "header_lines",
-    "header_value",
+    "forward_context",
 ]
-
-Headers = list[tuple[bytes, bytes]]
 
 #: RFC 9110 section 7.6.1 plus the legacy ones every proxy strips.
 HOP_BY_HOP: Final = frozenset(
@@ -69,45 +67,6 @@ _OURS: Final = frozenset(
         b"forwarded",
     }
 )
-
-_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._-]{1,128}")
-
-
-#: ``name: value`` of one header (a bound method: mapped, it runs no Python code per header).
-_NAME_VALUE: Final = b": ".join
-
-
-def header_lines(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-    """The header lines of an HTTP/1.1 head, CRLF between them (none after the last)."""
-    return b"\r\n".join(map(_NAME_VALUE, headers))
-
-
-def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The first value of header ``name`` (lowercase) in ASGI ``headers``, or ``None``."""
-    for key, value in headers:
-        if key == name:
-            return value if type(value) is bytes else bytes(value)
-    return None
-
-
-class RequestIds:
-    """Request ids: a client's valid ``X-Request-ID`` is kept, otherwise one is made.
-
-    Generated ids are a random per-process prefix and a counter: unique across processes and
-    restarts without a syscall per request.
-    """
-
-    def __init__(self) -> None:
-        self._prefix = os.urandom(6).hex()
-        self._counter = itertools.count(1)
-
-    def new(self) -> str:
-        return f"{self._prefix}{next(self._counter):010x}"
-
-    def pick(self, incoming: bytes | None) -> str:
-        if incoming is not None and _REQUEST_ID.fullmatch(incoming):
-            return incoming.decode("ascii")
-        return self.new()
 
 
 class TrustPolicy:
@@ -155,6 +114,24 @@ class ForwardContext:
     worker: str
     route_kind: str
     prefix: str
+
+
+#: The scheme a WebSocket scope's client used, as ``X-Forwarded-Proto`` names it.
+_HTTP_SCHEMES: Final = {"ws": "http", "wss": "https"}
+
+
+def forward_context(scope: Scope, route: Route, host_header: bytes) -> ForwardContext:
+    """The ``ForwardContext`` of a routed ``http`` or ``websocket`` scope (both forwarders)."""
+    client = scope.get("client")
+    scheme: str = scope.get("scheme", "http")
+    return ForwardContext(
+        peer=client[0] if client else None,
+        scheme=_HTTP_SCHEMES.get(scheme, scheme),
+        host_header=host_header,
+        worker=route.worker.name,
+        route_kind=route.kind,
+        prefix=route.prefix,
+    )
 
 
 class HeaderPolicy:

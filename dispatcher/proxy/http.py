@@ -13,21 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import structlog
 
-from dispatcher.errors import PayloadTooLarge, UpstreamConnectFailed, WorkerOverloaded
+from dispatcher.asgi import Exchange, Receive, Scope, Send, header_value
+from dispatcher.errors import PayloadTooLarge, WorkerOverloaded
 from dispatcher.logging import bind_request_id
 from dispatcher.proxy.coarse import CoarseTimers
 from dispatcher.proxy.headers import (
-    ForwardContext,
     HeaderPolicy,
     RequestHeaders,
     filter_response_headers,
-    header_value,
+    forward_context,
 )
 from dispatcher.proxy.transport import (
     RequestBody,
@@ -39,11 +38,7 @@ from dispatcher.proxy.upstreams import Target, UpstreamSelector
 from dispatcher.routing import Route, RouteKind
 from dispatcher.settings import Settings
 
-__all__ = ["ClientDisconnected", "Exchange", "Forwarder"]
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+__all__ = ["ClientDisconnected", "Forwarder"]
 
 _log = structlog.get_logger("dispatcher.proxy")
 
@@ -55,22 +50,6 @@ _ARM_DELAY = 0.05
 
 class ClientDisconnected(Exception):
     """The client went away before the exchange finished."""
-
-
-@dataclass(slots=True)
-class Exchange:
-    """What happened to one request: filled in as it goes, logged once at the end."""
-
-    request_id: str = ""
-    status: int = 0
-    worker: str = ""
-    route: str = ""
-    upstream: str = ""
-    bytes_in: int = 0
-    bytes_out: int = 0
-    response_started: bool = False
-    upstream_error: str = ""  # set when the upstream failed after the response started
-    body_done: bool = True  # the client's request body has been read to the end
 
 
 class Forwarder:
@@ -116,7 +95,9 @@ class Forwarder:
         name = exchange.worker
         self._inflight[name] = self._inflight.get(name, 0) + 1
         try:
-            response = await self._send_request(scope, route, prepared, targets, body, exchange)
+            response = await self._selector.first_accepting(
+                targets, self._attempt(scope, route, prepared, body, exchange), body
+            )
             try:
                 prefix = route.prefix.encode("ascii") if route.kind is RouteKind.PATH else b""
                 headers = filter_response_headers(
@@ -165,17 +146,12 @@ class Forwarder:
         exchange.worker = worker.name
         exchange.route = route.kind
         exchange.upstream = target.url
-        client = scope.get("client")
-        context = ForwardContext(
-            peer=client[0] if client else None,
-            scheme=scope.get("scheme", "http"),
-            host_header=header_value(scope["headers"], b"host") or b""
+        host = (
+            header_value(scope["headers"], b"host") or b""
             if worker.preserve_host
-            else target.authority,
-            worker=worker.name,
-            route_kind=route.kind,
-            prefix=route.prefix,
+            else target.authority
         )
+        context = forward_context(scope, route, host)
         prepared = self._policy.prepare(scope["headers"], context)
         exchange.request_id = prepared.request_id
         # Every log line emitted while handling this request (ours, uvicorn's) carries the id.
@@ -191,57 +167,42 @@ class Forwarder:
             )
         return prepared, limit
 
-    async def _send_request(
+    def _attempt(
         self,
         scope: Scope,
         route: Route,
         prepared: RequestHeaders,
-        targets: list[Target],
         body: RequestBody | None,
         exchange: Exchange,
-    ) -> UpstreamResponse:
-        """Send to the first target that accepts a connection (the next in turn first).
-
-        A target that refuses is ejected for a while; the request moves on to the next one
-        only while nothing of it has been sent (a body is replayable until its first byte).
-        """
-        headers = prepared.headers
+    ) -> Callable[[Target, int], Awaitable[UpstreamResponse]]:
+        """Sends the request to one target (for ``UpstreamSelector.first_accepting``)."""
         method = scope["method"].encode("ascii")
-        timeout = route.worker.upstream_timeout or self._upstream_timeout
-        last = len(targets) - 1
-        for attempt, target in enumerate(targets):
-            if attempt:
+        worker = route.worker
+        timeout = worker.upstream_timeout or self._upstream_timeout
+        headers = prepared.headers
+
+        def attempt(target: Target, position: int) -> Awaitable[UpstreamResponse]:
+            nonlocal headers
+            if position:
                 exchange.upstream = target.url
-                if not route.worker.preserve_host:
+                if not worker.preserve_host:
                     headers = [
                         (b"host", target.authority) if name == b"host" else (name, value)
                         for name, value in headers
                     ]
             path = target.base_path + route.upstream_path
-            try:
-                response = await self._transport.request(
-                    target.origin,
-                    method,
-                    path + b"?" + route.query if route.query else path,
-                    headers,
-                    body,
-                    connect_timeout=self._connect_timeout,
-                    response_timeout=timeout,
-                    idle_timeout=self._idle_timeout,
-                )
-            except UpstreamConnectFailed:
-                self._selector.eject(target)
-                if attempt == last or (body is not None and body.sent):
-                    raise
-                continue
-            if attempt or self._selector.has_ejections:
-                self._selector.restore(target)
-            return response
-        raise AssertionError("unreachable: a worker has at least one upstream")
+            return self._transport.request(
+                target.origin,
+                method,
+                path + b"?" + route.query if route.query else path,
+                headers,
+                body,
+                connect_timeout=self._connect_timeout,
+                response_timeout=timeout,
+                idle_timeout=self._idle_timeout,
+            )
 
-    @property
-    def ejected_targets(self) -> dict[str, float]:
-        return self._selector.ejected()
+        return attempt
 
     async def _stream_response(
         self,

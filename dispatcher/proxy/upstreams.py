@@ -9,14 +9,18 @@ every target is ejected they are all tried anyway: better a likely failure than 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
-from dispatcher.proxy.transport import Origin
+from dispatcher.errors import UpstreamConnectFailed
+from dispatcher.proxy.transport import Origin, RequestBody
 from workers_registry.models import Worker
 
 __all__ = ["EJECT_SECONDS", "Target", "UpstreamSelector", "parse_target"]
+
+T = TypeVar("T")
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -90,9 +94,33 @@ class UpstreamSelector:
             if url not in kept:
                 self._ejected.pop(url, None)
 
-    @property
-    def has_ejections(self) -> bool:
-        return bool(self._ejected)
+    async def first_accepting(
+        self,
+        targets: list[Target],
+        attempt: Callable[[Target, int], Awaitable[T]],
+        body: RequestBody | None = None,
+    ) -> T:
+        """What ``attempt`` gets from the first of ``targets`` that accepts a connection.
+
+        The failover of both forwarders. ``attempt(target, position)`` raises
+        ``UpstreamConnectFailed`` when not a byte reached ``target``: the target is ejected
+        for a while, and the request moves on to the next one while it can be replayed (no
+        ``body``, or none of it sent yet); after the last target the error is raised. A target
+        that accepted is restored. Other errors pass through at once.
+        """
+        last = len(targets) - 1
+        for position, target in enumerate(targets):
+            try:
+                answer = await attempt(target, position)
+            except UpstreamConnectFailed:
+                self.eject(target)
+                if position == last or (body is not None and body.sent):
+                    raise
+                continue
+            if position or self._ejected:
+                self.restore(target)
+            return answer
+        raise AssertionError("unreachable: a worker has at least one upstream")
 
     def eject(self, target: Target) -> None:
         """Skip ``target`` for a while: it could not be connected to."""

@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import re
 import ssl
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, NamedTuple
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -49,30 +48,25 @@ from websockets.frames import EXTERNAL_CLOSE_CODES
 from websockets.http11 import Response
 from websockets.typing import Subprotocol
 
-from dispatcher.errors import InvalidRequest, UpstreamTimeout, UpstreamUnavailable
-from dispatcher.proxy.headers import (
-    ForwardContext,
-    HeaderPolicy,
-    filter_response_headers,
-    header_value,
+from dispatcher.asgi import Exchange, Message, Receive, Scope, Send, header_value
+from dispatcher.errors import (
+    InvalidRequest,
+    UpstreamConnectFailed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
 )
-from dispatcher.proxy.http import Exchange
+from dispatcher.proxy.headers import HeaderPolicy, filter_response_headers, forward_context
 from dispatcher.proxy.upstreams import Target, UpstreamSelector
+from dispatcher.responses import deny_websocket
 from dispatcher.routing import Route, RouteKind
 from dispatcher.settings import Settings
 
 __all__ = ["WebSocketForwarder"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 # Written by the client library itself (or meaningless on a handshake): never copied.
 _HANDSHAKE_HEADERS = frozenset({b"host", b"content-length", b"transfer-encoding"})
 # A request target carries no fragment and only visible ASCII; anything else is escaped.
 _UNSAFE_TARGET = re.compile(rb"[^\x21-\x7e]|#")
-_DENIAL = "websocket.http.response"
 
 
 class _Ending(NamedTuple):
@@ -119,16 +113,8 @@ class WebSocketForwarder:
         exchange.worker = worker.name
         exchange.route = route.kind
         targets = self._selector.candidates(worker)
-        client = scope.get("client")
-        context = ForwardContext(
-            peer=client[0] if client else None,
-            scheme="https" if scope.get("scheme") == "wss" else "http",
-            host_header=b"",  # Host goes in the URI (see _dial)
-            worker=worker.name,
-            route_kind=route.kind,
-            prefix=route.prefix,
-        )
-        prepared = self._policy.prepare(scope["headers"], context)
+        # Host goes in the URI (see _dial), not among the headers.
+        prepared = self._policy.prepare(scope["headers"], forward_context(scope, route, b""))
         exchange.request_id = prepared.request_id
         headers = [
             (name.decode("latin-1"), value.decode("latin-1"))
@@ -139,7 +125,8 @@ class WebSocketForwarder:
             exchange.status = 499  # the client left before the handshake
             return
         path = route.upstream_path + (b"?" + route.query if route.query else b"")
-        for position, target in enumerate(targets):
+
+        async def attempt(target: Target, position: int) -> ClientConnection | Response:
             exchange.upstream = target.url
             host = (
                 header_value(scope["headers"], b"host") or b""
@@ -148,21 +135,18 @@ class WebSocketForwarder:
             )
             dial = self._dial(target, host, target.base_path + path, headers, scope, route)
             try:
-                upstream = await dial
+                return await dial
             except InvalidStatus as exc:
-                self._selector.restore(target)
-                await self._refuse(scope, send, exc.response, route, exchange)
-                return
+                return exc.response  # the upstream answered: its refusal goes to the client
             except Exception as exc:
-                if not dial.connected:
-                    self._selector.eject(target)
-                if dial.connected or position == len(targets) - 1:
-                    raise _upstream_error(exc, dial.connected) from exc
-                continue  # nothing was sent: the next target may take it
-            self._selector.restore(target)
-            break
-        else:
-            raise UpstreamUnavailable("The worker has no upstream")
+                if dial.connected:  # bytes may have reached the upstream: no other target
+                    raise _upstream_error(exc) from exc
+                raise UpstreamConnectFailed() from exc
+
+        upstream = await self._selector.first_accepting(targets, attempt)
+        if isinstance(upstream, Response):
+            await self._refuse(scope, send, upstream, route, exchange)
+            return
         try:
             await self._accept(send, upstream, exchange)
             await self._relay(receive, send, upstream, exchange)
@@ -211,24 +195,12 @@ class WebSocketForwarder:
         self, scope: Scope, send: Send, response: Response, route: Route, exchange: Exchange
     ) -> None:
         """Pass the upstream's refusal (status, headers, body) to the client."""
-        exchange.response_started = True
-        if _DENIAL not in scope.get("extensions", {}):
-            exchange.status = 403  # the server answers a close before accept with 403
-            await send({"type": "websocket.close", "code": 1008})
-            return
         prefix = route.prefix.encode("ascii") if route.kind is RouteKind.PATH else b""
         rid = exchange.request_id.encode("ascii")
         headers = filter_response_headers(_raw(response.headers), rid, prefix)
-        exchange.status = response.status_code
-        await send(
-            {"type": "websocket.http.response.start", "status": exchange.status, "headers": headers}
+        await deny_websocket(
+            scope, send, exchange, response.status_code, headers, bytes(response.body)
         )
-        body = bytes(response.body)
-        await send({"type": "websocket.http.response.body", "body": body})
-        exchange.bytes_out += len(body)
-        # uvicorn (0.54, websockets-sansio) logs "returned without completing handshake" after a
-        # denial unless its connection_lost, scheduled by the send, has run before we return.
-        await asyncio.sleep(0)
 
     async def _accept(self, send: Send, upstream: ClientConnection, exchange: Exchange) -> None:
         assert upstream.response is not None
@@ -343,9 +315,9 @@ def _sendable(code: int, fallback: int) -> int:
     return code if code in EXTERNAL_CLOSE_CODES or 3000 <= code < 5000 else fallback
 
 
-def _upstream_error(exc: Exception, connected: bool) -> UpstreamUnavailable | UpstreamTimeout:
-    """The one boundary where the client library's failures become ours."""
-    if isinstance(exc, TimeoutError) and connected:
+def _upstream_error(exc: Exception) -> UpstreamUnavailable | UpstreamTimeout:
+    """The one boundary where the client library's failures after connecting become ours."""
+    if isinstance(exc, TimeoutError):
         return UpstreamTimeout("The worker's upstream did not accept the WebSocket in time")
     return UpstreamUnavailable()
 

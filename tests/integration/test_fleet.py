@@ -195,14 +195,14 @@ def test_concurrent_misses_for_one_host_cost_one_query(database: str) -> None:
         Settings(database_url=database, registry_poll_interval=30, max_concurrency=2000)
     )
     with serve_gateway(gateway) as server:
-        assert gateway.store is not None
+        assert gateway.state.store is not None
         queries: list[str] = []
 
         def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
             if "custom_domains" in statement:
                 queries.append(statement)
 
-        engine = gateway.store.engine.sync_engine
+        engine = gateway.state.store.engine.sync_engine
         event.listen(engine, "before_cursor_execute", count)
         try:
 

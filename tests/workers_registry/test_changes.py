@@ -1,7 +1,7 @@
 """The change log and the follower that applies it, against real SQLite and Postgres.
 
-The follower under test is the one a dispatcher runs (``Gateway.startup`` wires it to the
-routing table, the upstream selector and the custom-domain cache), driven by explicit
+The follower under test is the one a dispatcher runs (``DispatcherState.startup`` wires it to
+the routing table, the upstream selector and the custom-domain cache), driven by explicit
 ``refresh()`` calls (a long poll interval) so each test decides when changes are applied.
 """
 
@@ -20,9 +20,10 @@ from hypothesis import HealthCheck, example, given
 from hypothesis import settings as settings_hypothesis
 from hypothesis import strategies as st
 
-from dispatcher.app import Gateway, create_app
+from dispatcher.app import create_app
 from dispatcher.errors import RoutingError
 from dispatcher.settings import Settings
+from dispatcher.state import DispatcherState
 from workers_registry.changes import announced_sequence
 from workers_registry.migrate import upgrade
 from workers_registry.store import Change, RegistryStore
@@ -69,24 +70,29 @@ def settings(url: str, **overrides: Any) -> Settings:
     return Settings(**{**options, **overrides})
 
 
+def start(url: str, **overrides: Any) -> DispatcherState:
+    """A dispatcher's state (what its lifespan starts), wired as ``create_app`` wires it."""
+    return create_app(settings(url, **overrides)).state
+
+
 @pytest.fixture
-async def gateway(store: RegistryStore) -> AsyncIterator[Gateway]:
-    app = create_app(settings(store.engine.url.render_as_string(hide_password=False)))
-    await app.startup()
-    yield app
-    await app.shutdown()
+async def gateway(store: RegistryStore) -> AsyncIterator[DispatcherState]:
+    state = start(store.engine.url.render_as_string(hide_password=False))
+    await state.startup()
+    yield state
+    await state.shutdown()
 
 
-async def route(gateway: Gateway, host: str) -> str:
+async def route(gateway: DispatcherState, host: str) -> str:
     """Where a request to ``host`` goes: the worker's name, or the error code."""
     try:
-        found = await gateway._route(host, b"/", b"", "GET")
+        found = await gateway.route(host, b"/", b"", "GET")
     except RoutingError as exc:
         return exc.code
     return "control" if found is None else found.worker.name
 
 
-def follower(gateway: Gateway) -> Any:
+def follower(gateway: DispatcherState) -> Any:
     assert gateway.follower is not None
     return gateway.follower
 
@@ -202,7 +208,7 @@ async def test_a_bulk_change_of_100k_rows_sends_one_notification(postgres_url: s
 
 
 async def test_a_change_to_one_domain_leaves_other_cached_hosts_cached(
-    store: RegistryStore, gateway: Gateway
+    store: RegistryStore, gateway: DispatcherState
 ) -> None:
     await sql(store, add_worker("shop"), add_worker("blog"))
     hosts = [f"d{i}.example.org" for i in range(5)]
@@ -224,7 +230,7 @@ async def test_a_change_to_one_domain_leaves_other_cached_hosts_cached(
 
 
 async def test_a_worker_change_touches_only_that_worker(
-    store: RegistryStore, gateway: Gateway
+    store: RegistryStore, gateway: DispatcherState
 ) -> None:
     await sql(store, add_worker("shop"), add_worker("blog"))
     await follower(gateway).refresh()
@@ -250,7 +256,7 @@ async def test_a_worker_change_touches_only_that_worker(
 
 
 async def test_duplicate_and_late_notifications_are_harmless(
-    store: RegistryStore, gateway: Gateway
+    store: RegistryStore, gateway: DispatcherState
 ) -> None:
     await sql(store, add_worker("shop"))
     await sql(store, add_worker("blog"))
@@ -272,7 +278,7 @@ async def test_duplicate_and_late_notifications_are_harmless(
 
 
 async def test_a_pruned_log_ends_in_a_resync_with_nothing_lost(
-    store: RegistryStore, gateway: Gateway
+    store: RegistryStore, gateway: DispatcherState
 ) -> None:
     await sql(store, add_worker("shop"), add_domain("shop.example.org", "shop"))
     await sql(store, add_worker("blog"))
@@ -299,7 +305,7 @@ async def test_a_pruned_log_ends_in_a_resync_with_nothing_lost(
 
 
 async def test_emptying_the_workers_table_leaves_exactly_the_rows_written_after(
-    store: RegistryStore, gateway: Gateway
+    store: RegistryStore, gateway: DispatcherState
 ) -> None:
     await sql(store, add_worker("shop"))
     await follower(gateway).refresh()
@@ -319,7 +325,7 @@ async def test_a_listener_outage_is_caught_up_from_the_log_with_nothing_lost(
     postgres_url: str,
 ) -> None:
     await upgrade(postgres_url)
-    app = create_app(settings(postgres_url))
+    app = start(postgres_url)
     await app.startup()
     try:
         assert app.store is not None and app.listener is not None
@@ -344,7 +350,7 @@ async def test_a_listener_outage_is_caught_up_from_the_log_with_nothing_lost(
 async def test_sqlite_changes_arrive_by_the_version_poll(tmp_path: Any) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
     await upgrade(url)
-    app = create_app(settings(url, registry_poll_interval=0.05))
+    app = start(url, registry_poll_interval=0.05)
     await app.startup()
     try:
         assert app.store is not None
@@ -421,7 +427,7 @@ def _statements(operation: tuple[str, ...]) -> list[str]:
 async def _run_property(url: str, operations: list[tuple[str, ...]]) -> None:
     async with RegistryStore.from_url(url) as store:
         await sql(store, "DELETE FROM custom_domains", "DELETE FROM workers")
-        incremental = create_app(settings(url))
+        incremental = start(url)
         await incremental.startup()
         try:
             for operation in operations:
@@ -435,7 +441,7 @@ async def _run_property(url: str, operations: list[tuple[str, ...]]) -> None:
                     with contextlib.suppress(sa.exc.IntegrityError):  # a duplicate, an FK
                         await sql(store, *_statements(operation))
             await follower(incremental).refresh()
-            reloaded = create_app(settings(url))
+            reloaded = start(url)
             await reloaded.startup()
             try:
                 assert incremental.table.workers == reloaded.table.workers

@@ -12,13 +12,13 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from dispatcher.asgi import RequestIds
 from dispatcher.errors import HeadersTooLarge, InvalidRequest, LoopDetected
 from dispatcher.proxy.headers import (
     HOP_BY_HOP,
     ForwardContext,
     HeaderPolicy,
     RequestHeaders,
-    RequestIds,
     TrustPolicy,
     filter_response_headers,
 )

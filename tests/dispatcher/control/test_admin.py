@@ -16,11 +16,11 @@ import httpx
 import pytest
 
 from dispatcher.app import create_app
+from dispatcher.control.admin import MAX_ADMIN_BODY_BYTES
 from dispatcher.hosts import DEFAULT_RESERVED_NAMES
 from dispatcher.settings import Settings
 from tests.servers import ThreadedServer, serve_gateway, wait_until
 from tests.tenant import TenantApp
-from workers_registry.admin import MAX_ADMIN_BODY_BYTES
 from workers_registry.migrate import upgrade_sync
 
 TOKEN = "s3cret-admin-token"

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from dispatcher.asgi import ASGIApp, Receive, Scope, Send
 from dispatcher.errors import (
     AdminDisabled,
     DomainNotFound,
@@ -59,11 +60,6 @@ from workers_registry.store import RegistryStore
 
 __all__ = ["MAX_ADMIN_BODY_BYTES", "AdminGuard", "DomainList", "WorkerList", "admin_routes"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ModelT = TypeVar("ModelT", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
 
