@@ -25,6 +25,7 @@ from dispatcher.errors import DispatcherError
 from dispatcher.hosts import normalize_host
 from dispatcher.routing import UNAVAILABLE, DomainAnswer, Route, RoutingTable, resolve
 from dispatcher.settings import ConfigError, Settings, load_settings
+from workers_registry.bulk import ImportFormat, parse_domains, parse_workers
 from workers_registry.migrate import upgrade
 from workers_registry.models import CustomDomainCreate, DomainStatus, WorkerCreate
 from workers_registry.store import RegistryStore
@@ -95,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     remove = workers.add_parser("remove", help="remove a worker and its domains")
     remove.add_argument("name")
     remove.set_defaults(handler=_registry(_workers_remove))
+    wimport = workers.add_parser("import", help="add workers from a file, in one transaction")
+    _import_arguments(wimport)
+    wimport.set_defaults(handler=_registry(_workers_import))
 
     domains = commands.add_parser("domains", help="manage custom domains").add_subparsers(
         dest="domains_command", required=True, metavar="ACTION"
@@ -114,12 +118,26 @@ def _parser() -> argparse.ArgumentParser:
     dstatus.add_argument("domain")
     dstatus.add_argument("status", choices=[s.value for s in DomainStatus])
     dstatus.set_defaults(handler=_registry(_domains_set_status))
+    dimport = domains.add_parser(
+        "import", help="add custom domains from a file, in one transaction"
+    )
+    _import_arguments(dimport)
+    dimport.set_defaults(handler=_registry(_domains_import))
 
     resolve_cmd = commands.add_parser("resolve", help="show how a request to URL would route")
     resolve_cmd.add_argument("url")
     resolve_cmd.add_argument("--json", action="store_true")
     resolve_cmd.set_defaults(handler=_registry(_resolve))
     return parser
+
+
+def _import_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="JSON lines or CSV with a header line; - for stdin")
+    parser.add_argument(
+        "--format",
+        choices=["jsonl", "csv"],
+        help="default: csv for a .csv file, else jsonl",
+    )
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -323,6 +341,37 @@ async def _domains_add(store: RegistryStore, settings: Settings, args: argparse.
     )
     domain = await store.add_domain(spec)
     print(f"added domain {domain.domain} -> {domain.worker} ({domain.status.value})")
+    return 0
+
+
+def _import_lines(args: argparse.Namespace) -> tuple[list[str], ImportFormat]:
+    fmt: ImportFormat = args.format or ("csv" if args.file.lower().endswith(".csv") else "jsonl")
+    if args.file == "-":
+        return sys.stdin.readlines(), fmt
+    try:
+        with open(args.file, encoding="utf-8", newline="") as file:
+            return file.readlines(), fmt
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"cannot read {args.file}: {exc}") from None
+
+
+async def _workers_import(
+    store: RegistryStore, settings: Settings, args: argparse.Namespace
+) -> int:
+    lines, fmt = _import_lines(args)
+    parsed = parse_workers(lines, fmt, reserved=settings.reserved)
+    count = await store.import_workers(parsed.records, parsed.labels)
+    print(f"imported {count} workers")
+    return 0
+
+
+async def _domains_import(
+    store: RegistryStore, settings: Settings, args: argparse.Namespace
+) -> int:
+    lines, fmt = _import_lines(args)
+    parsed = parse_domains(lines, fmt, reserved=settings.reserved)
+    count = await store.import_domains(parsed.records, parsed.labels)
+    print(f"imported {count} custom domains")
     return 0
 
 

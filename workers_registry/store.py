@@ -27,7 +27,8 @@ Transactions per backend:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection, Sequence
+import json
+from collections.abc import AsyncIterator, Collection, Sequence, Sized
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,7 @@ import structlog
 from pydantic import ValidationError
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Row, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
@@ -133,6 +135,8 @@ _WORKERS_NAMED = sa.select(*_WORKER_COLUMNS).where(
 _DOMAINS_NAMED = sa.select(*_DOMAIN_COLUMNS).where(
     custom_domains.c.domain.in_(sa.bindparam("keys", expanding=True))
 )
+#: Rows per INSERT statement of an import on Postgres.
+_IMPORT_ROWS_PER_STATEMENT = 50_000
 #: Keys per ``IN (...)`` query when rows are read by key.
 _KEYS_PER_QUERY = 1000
 #: Rows a full load reads and validates between two turns of the event loop (~5 ms).
@@ -294,6 +298,22 @@ def _integrity_error(
         message = f"Worker '{unknown_worker}' does not exist"
         return InvalidRequest(message, details=[{"field": "worker", "message": message}])
     return InvalidRequest("The registry rejected this change")
+
+
+def _rejected(
+    error: type[Conflict] | type[InvalidRequest], problems: list[tuple[str, str]]
+) -> DispatcherError:
+    """An import refused because of ``problems`` (label, message), the first few named."""
+    details = [{"field": label, "message": message} for label, message in problems[:20]]
+    first = details[0]
+    return error(
+        f"The import was rejected, nothing was written: {first['field']}: {first['message']}",
+        details=details,
+    )
+
+
+def _labels(labels: Sequence[str] | None, count: int) -> Sequence[str]:
+    return labels if labels is not None else [f"record {index + 1}" for index in range(count)]
 
 
 def _worker(row: Row[Any]) -> Worker | None:
@@ -506,7 +526,79 @@ class RegistryStore:
             if result.rowcount == 0:
                 raise _worker_missing(name)
 
+    async def import_workers(
+        self, specs: Sequence[WorkerCreate], labels: Sequence[str] | None = None
+    ) -> int:
+        """Register every worker of ``specs`` in one transaction, or none of them.
+
+        ``Conflict`` naming the records (by ``labels``, e.g. ``line 12``) whose name is taken.
+        On Postgres the whole import is announced by one notification.
+        """
+        labels = _labels(labels, len(specs))
+        now = _now()
+        async with self._transaction(
+            self._writer,
+            duplicate="A worker of the import already exists",
+            limit=_import_limit(specs),
+        ) as connection:
+            taken = await _existing(connection, workers.c.name, [spec.name for spec in specs])
+            if taken:
+                problems = [
+                    (label, f"worker '{spec.name}' already exists")
+                    for spec, label in zip(specs, labels, strict=True)
+                    if spec.name in taken
+                ]
+                raise _rejected(Conflict, problems)
+            rows = [
+                {**spec.model_dump(mode="json"), "created_at": now, "updated_at": now}
+                for spec in specs
+            ]
+            await _insert(connection, workers, rows)
+        return len(specs)
+
     # -- custom domains ------------------------------------------------------------------
+
+    async def import_domains(
+        self, specs: Sequence[CustomDomainCreate], labels: Sequence[str] | None = None
+    ) -> int:
+        """Register every custom domain of ``specs`` in one transaction, or none of them.
+
+        ``InvalidRequest`` naming the records (by ``labels``) whose worker does not exist;
+        ``Conflict`` naming those already registered. On Postgres the whole import is
+        announced by one notification.
+        """
+        labels = _labels(labels, len(specs))
+        now = _now()
+        async with self._transaction(
+            self._writer,
+            duplicate="A domain of the import is already registered",
+            limit=_import_limit(specs),
+        ) as connection:
+            named = {spec.worker for spec in specs}
+            missing = named - await _existing(connection, workers.c.name, named)
+            if missing:
+                problems = [
+                    (label, f"worker '{spec.worker}' does not exist")
+                    for spec, label in zip(specs, labels, strict=True)
+                    if spec.worker in missing
+                ]
+                raise _rejected(InvalidRequest, problems)
+            taken = await _existing(
+                connection, custom_domains.c.domain, [spec.domain for spec in specs]
+            )
+            if taken:
+                problems = [
+                    (label, f"domain '{spec.domain}' is already registered")
+                    for spec, label in zip(specs, labels, strict=True)
+                    if spec.domain in taken
+                ]
+                raise _rejected(Conflict, problems)
+            rows = [
+                {**spec.model_dump(mode="json"), "created_at": now, "updated_at": now}
+                for spec in specs
+            ]
+            await _insert(connection, custom_domains, rows)
+        return len(specs)
 
     async def list_domains(self, worker: str | None = None) -> list[CustomDomain]:
         """Every custom domain (of one worker if given), ordered by domain."""
@@ -585,3 +677,65 @@ class RegistryStore:
             )
             if result.rowcount == 0:
                 raise _domain_missing(domain)
+
+
+def _import_limit(specs: Sized) -> float:
+    """Seconds an import of ``specs`` may take: a minute, plus one per 10,000 records."""
+    return 60.0 + len(specs) / 10_000
+
+
+async def _existing(
+    connection: AsyncConnection, column: sa.Column[str], keys: Collection[str]
+) -> set[str]:
+    """The keys among ``keys`` that ``column`` holds (one query per thousand keys)."""
+    ordered = sorted(keys)
+    found: set[str] = set()
+    query = sa.select(column).where(column.in_(sa.bindparam("keys", expanding=True)))
+    for start in range(0, len(ordered), _KEYS_PER_QUERY):
+        chunk = ordered[start : start + _KEYS_PER_QUERY]
+        found.update((await connection.execute(query, {"keys": chunk})).scalars())
+    return found
+
+
+async def _insert(connection: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` into ``table``.
+
+    Postgres: one ``INSERT ... SELECT FROM unnest(<one array per column>)`` per 50,000 rows, so
+    the statement trigger runs a few times, not once per row (an ``executemany`` through
+    asyncpg runs the statement once per row). SQLite: ``executemany`` (its triggers are per
+    row anyway).
+    """
+    if not rows:
+        return
+    if connection.dialect.name != "postgresql":
+        await connection.execute(sa.insert(table), rows)
+        return
+    names = list(rows[0])
+    columns = [table.c[name] for name in names]
+    statement = sa.insert(table).from_select(
+        names, sa.select(sa.text("*")).select_from(sa.func.unnest(*map(_pg_array, columns)))
+    )
+    for start in range(0, len(rows), _IMPORT_ROWS_PER_STATEMENT):
+        chunk = rows[start : start + _IMPORT_ROWS_PER_STATEMENT]
+        await connection.execute(
+            statement,
+            {
+                column.name: [_pg_value(column, row[column.name]) for row in chunk]
+                for column in columns
+            },
+        )
+
+
+def _pg_array(column: sa.Column[Any]) -> sa.ColumnElement[Any]:
+    """The parameter holding one column's values, as a Postgres array of the column's type
+    (JSON is sent as text and cast element by element)."""
+    if isinstance(column.type, sa.JSON):
+        text = sa.bindparam(column.name, type_=postgresql.ARRAY(sa.Text()))
+        return sa.cast(text, postgresql.ARRAY(postgresql.JSONB()))
+    return sa.bindparam(column.name, type_=postgresql.ARRAY(column.type))
+
+
+def _pg_value(column: sa.Column[Any], value: Any) -> Any:
+    if isinstance(column.type, sa.JSON) and value is not None:
+        return json.dumps(value)
+    return value

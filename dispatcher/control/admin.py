@@ -10,6 +10,8 @@
     GET    /admin/domains/{domain}    -> 200 the custom domain
     PATCH  /admin/domains/{domain}    -> 200 the changed custom domain (status and/or worker)
     DELETE /admin/domains/{domain}    -> 204
+    POST   /admin/import/workers      -> 201 {"imported": N} (JSON lines or CSV, one transaction)
+    POST   /admin/import/domains      -> 201 {"imported": N} (the same, for custom domains)
 
 The routes are served by the control plane, so only on control hosts. ``AdminGuard`` runs
 before any of them: with no ``admin_token`` configured every path answers 403
@@ -25,6 +27,7 @@ no SQL of its own: the ``RegistryStore`` does, and maps database errors.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -49,6 +52,7 @@ from dispatcher.errors import (
 )
 from dispatcher.hosts import normalize_domain
 from dispatcher.settings import Settings
+from workers_registry.bulk import ImportFormat, parse_domains, parse_workers
 from workers_registry.models import (
     CustomDomain,
     CustomDomainCreate,
@@ -58,13 +62,22 @@ from workers_registry.models import (
 )
 from workers_registry.store import RegistryStore
 
-__all__ = ["MAX_ADMIN_BODY_BYTES", "AdminGuard", "DomainList", "WorkerList", "admin_routes"]
+__all__ = [
+    "MAX_ADMIN_BODY_BYTES",
+    "MAX_IMPORT_BODY_BYTES",
+    "AdminGuard",
+    "DomainList",
+    "WorkerList",
+    "admin_routes",
+]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
 
 #: Admin bodies are a few hundred bytes; anything much larger is a mistake or an attack.
 MAX_ADMIN_BODY_BYTES = 1024 * 1024
+#: An import body (``POST /admin/import/...``): ~600,000 domains or ~200,000 workers.
+MAX_IMPORT_BODY_BYTES = 64 * 1024 * 1024
 
 _BEARER = b"bearer "
 _JSON_HEADERS = {"cache-control": "no-store"}
@@ -80,6 +93,12 @@ class DomainList(BaseModel):
     """The body of ``GET /admin/domains``."""
 
     domains: list[CustomDomain]
+
+
+class Imported(BaseModel):
+    """The body of ``POST /admin/import/workers`` and ``POST /admin/import/domains``."""
+
+    imported: int
 
 
 class AdminGuard:
@@ -202,7 +221,23 @@ def admin_routes(settings: Settings, store: Callable[[], RegistryStore]) -> list
         await store().remove_domain(_domain_param(request))
         return Response(status_code=204, headers=_JSON_HEADERS)
 
+    # Parsing and validating up to a few hundred thousand records takes seconds: off the
+    # event loop, so the requests being forwarded meanwhile are not held up.
+    async def import_workers(request: Request) -> Response:
+        lines, fmt = await _read_import(request)
+        parsed = await asyncio.to_thread(parse_workers, lines, fmt, reserved=settings.reserved)
+        count = await store().import_workers(parsed.records, parsed.labels)
+        return _json(Imported(imported=count), 201)
+
+    async def import_domains(request: Request) -> Response:
+        lines, fmt = await _read_import(request)
+        parsed = await asyncio.to_thread(parse_domains, lines, fmt, reserved=settings.reserved)
+        count = await store().import_domains(parsed.records, parsed.labels)
+        return _json(Imported(imported=count), 201)
+
     routes = [
+        _route("/import/workers", {"POST": import_workers}),
+        _route("/import/domains", {"POST": import_domains}),
         _route("/workers", {"GET": list_workers, "POST": create_worker}),
         _route(
             "/workers/{name}", {"GET": show_worker, "PUT": replace_worker, "DELETE": remove_worker}
@@ -273,15 +308,29 @@ def _domain_param(request: Request) -> str:
         raise _invalid("domain", f"{value!r} is not a valid domain name: {exc.message}") from None
 
 
-async def _read_json(request: Request) -> Any:
-    """The request body parsed as JSON, read up to ``MAX_ADMIN_BODY_BYTES``."""
+async def _read_body(request: Request, limit: int) -> bytearray:
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_ADMIN_BODY_BYTES:
-            raise PayloadTooLarge(
-                f"Admin request bodies are limited to {MAX_ADMIN_BODY_BYTES} bytes"
-            )
+        if len(body) > limit:
+            raise PayloadTooLarge(f"This admin request body is limited to {limit} bytes")
+    return body
+
+
+async def _read_import(request: Request) -> tuple[list[str], ImportFormat]:
+    """An import body's lines and format: CSV for ``Content-Type: text/csv``, else JSON lines."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await _read_body(request, MAX_IMPORT_BODY_BYTES)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _invalid("body", "The body is not UTF-8") from None
+    return text.splitlines(), "csv" if content_type == "text/csv" else "jsonl"
+
+
+async def _read_json(request: Request) -> Any:
+    """The request body parsed as JSON, read up to ``MAX_ADMIN_BODY_BYTES``."""
+    body = await _read_body(request, MAX_ADMIN_BODY_BYTES)
     if not body:
         raise _invalid("body", "A JSON object is required")
     try:

@@ -39,6 +39,8 @@ OPERATIONS: list[tuple[str, str, Any]] = [
     ("GET", "/admin/domains/shop.example.org", None),
     ("PATCH", "/admin/domains/shop.example.org", {"status": "active"}),
     ("DELETE", "/admin/domains/shop.example.org", None),
+    ("POST", "/admin/import/workers", None),
+    ("POST", "/admin/import/domains", None),
     ("GET", "/admin/nowhere", None),
     ("GET", "/admin/workers/admin", None),
 ]
@@ -609,3 +611,59 @@ def test_values_the_registry_cannot_store_are_invalid(
     api: httpx.Client, fields: dict[str, Any]
 ) -> None:
     assert detail_fields(api.post("/admin/workers", json=worker_body(**fields)))
+
+
+# -- bulk import -----------------------------------------------------------------------------
+
+
+def test_import_adds_every_record_in_one_go(api: httpx.Client) -> None:
+    workers = (
+        '{"name": "shop", "upstreams": ["http://10.0.0.1"]}\n'
+        '{"name": "blog", "upstreams": ["http://10.0.0.2"]}\n'
+    )
+    domains = "domain,worker,status\nshop.example.org,shop,active\nblog.example.org,blog,\n"
+
+    added = api.post("/admin/import/workers", content=workers)
+    assert (added.status_code, added.json()) == (201, {"imported": 2})
+    added = api.post("/admin/import/domains", content=domains, headers={"content-type": "text/csv"})
+    assert (added.status_code, added.json()) == (201, {"imported": 2})
+
+    listed = api.get("/admin/domains").json()["domains"]
+    assert [(d["domain"], d["worker"], d["status"]) for d in listed] == [
+        ("blog.example.org", "blog", "pending"),
+        ("shop.example.org", "shop", "active"),
+    ]
+
+
+def test_an_import_with_a_bad_line_writes_nothing_and_names_the_line(api: httpx.Client) -> None:
+    add_worker(api)
+    body = "\n".join(
+        [
+            '{"domain": "a.example.org", "worker": "shop"}',
+            "",
+            '{"domain": "b.example.org", "worker": "shop", "status": "live"}',
+            '{"domain": "c.example.org", "worker": "ghost"}',
+        ]
+    )
+
+    error = error_of(api.post("/admin/import/domains", content=body), 400, "invalid_request")
+    assert [detail["field"] for detail in error["details"]] == ["line 3"]
+    assert api.get("/admin/domains").json()["domains"] == []
+
+    # Valid lines, but one names a worker that does not exist: refused in the transaction.
+    body = body.replace(', "status": "live"', "")
+    error = error_of(api.post("/admin/import/domains", content=body), 400, "invalid_request")
+    assert error["details"] == [{"field": "line 4", "message": "worker 'ghost' does not exist"}]
+    assert api.get("/admin/domains").json()["domains"] == []
+
+
+def test_an_import_of_an_existing_key_is_a_conflict_naming_the_line(api: httpx.Client) -> None:
+    add_worker(api, "blog")
+    body = (
+        '{"name": "shop", "upstreams": ["http://a"]}\n{"name": "blog", "upstreams": ["http://a"]}'
+    )
+
+    error = error_of(api.post("/admin/import/workers", content=body), 409, "conflict")
+
+    assert error["details"] == [{"field": "line 2", "message": "worker 'blog' already exists"}]
+    assert [w["name"] for w in api.get("/admin/workers").json()["workers"]] == ["blog"]
