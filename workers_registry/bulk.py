@@ -137,6 +137,8 @@ def _parse(
         if len(records) > MAX_IMPORT_ROWS:
             errors.append({"field": label, "message": f"more than {MAX_IMPORT_ROWS} records"})
             break
+    if not errors and not records:
+        errors.append({"field": "file", "message": "no records"})
     if errors:
         raise InvalidRequest(
             f"The import was rejected, nothing was written: {errors[0]['field']}: "

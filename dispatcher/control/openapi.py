@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from dispatcher import __version__
-from dispatcher.control.admin import DomainList, WorkerList
+from dispatcher.control.admin import DomainList, Imported, WorkerList
 from dispatcher.control.schemas import (
     DispatchInfo,
     ErrorBody,
@@ -60,6 +60,7 @@ _MODELS: Final[list[tuple[type[BaseModel], JsonSchemaMode]]] = [
     (CustomDomain, "serialization"),
     (WorkerList, "serialization"),
     (DomainList, "serialization"),
+    (Imported, "serialization"),
 ]
 
 _REF = "#/components/schemas/{model}"
@@ -488,4 +489,25 @@ def _admin_paths() -> dict[str, Any]:
                 {"204": deleted, **_errors("InvalidRequest", "DomainNotFound")},
             ),
         },
+        "/admin/import/workers": {"post": _import("workers", "importWorkers")},
+        "/admin/import/domains": {"post": _import("domains", "importDomains")},
     }
+
+
+def _import(tag: str, operation_id: str) -> dict[str, Any]:
+    """A bulk import: the file as the body, one transaction (README, "Bulk import")."""
+    lines = {"type": "string", "description": "One record per line"}
+    return _admin(
+        tag,
+        operation_id,
+        f"Add many {tag} in one transaction (JSON lines or CSV; a bad line writes nothing)",
+        {
+            "201": _json("How many records were added", "Imported"),
+            **_errors("InvalidRequest", "Conflict"),
+        },
+        body={
+            "required": True,
+            "description": "JSON lines (the body of one POST per line), or CSV with a header",
+            "content": {"application/x-ndjson": {"schema": lines}, "text/csv": {"schema": lines}},
+        },
+    )

@@ -78,6 +78,8 @@ def test_csv_cells_become_typed_fields() -> None:
             ["name,upstreams", "shop,ftp://a", "x,"], "csv", ["line 2", "line 3"], id="two"
         ),
         pytest.param(["x" * 300_000], "jsonl", ["line 1"], id="huge-line"),
+        pytest.param(["", " "], "jsonl", ["file"], id="empty"),
+        pytest.param(["name,upstreams"], "csv", ["file"], id="header-only"),
     ],
 )
 def test_a_bad_line_rejects_the_file_naming_it(
