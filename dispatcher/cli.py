@@ -219,6 +219,7 @@ def app_factory() -> Any:
     # 10-15% of the CPU per request, measured with gc.callbacks. Nearly all garbage here is
     # freed by reference counting: collect the young generation rarely.
     gc.set_threshold(_GC_YOUNG_THRESHOLD, 20, 100)
+    app.state.freeze_loaded = True  # and the workers loaded at start, and at each resync
     return app
 
 

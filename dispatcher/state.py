@@ -14,6 +14,7 @@ It does not forward anything and writes no response: that is the gateway's job.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from typing import Any
 
@@ -56,6 +57,9 @@ class DispatcherState:
         self.domains: CustomDomainResolver | None = None
         self.listener: PostgresListener | None = None
         self.metrics = Metrics(self._state_reading, per_worker=settings.metrics_per_worker)
+        #: Move every full load out of the cyclic collector's view (``gc.freeze``): set by the
+        #: server process (``dispatcher.cli.app_factory``), never in tests or embedding apps.
+        self.freeze_loaded = False
 
     # -- the route decision -------------------------------------------------------------------
 
@@ -236,6 +240,11 @@ class DispatcherState:
     def _apply_snapshot(self, snapshot: RegistrySnapshot) -> None:
         """A full load: a new table swapped in whole (the follower refreshes cached hosts)."""
         self.table = self._table(snapshot)
+        if self.freeze_loaded:
+            # 100,000 workers are a million long-lived objects: a full collection walking
+            # them holds the loop for hundreds of ms. The old table is still freed (by
+            # reference counting) when it goes.
+            gc.freeze()
 
     def _apply_worker(self, name: str, worker: Worker | None) -> None:
         """One worker changed: the table's entry and that worker's upstream state only."""
