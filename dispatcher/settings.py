@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     registry_poll_interval: float = Field(2.0, gt=0)
     registry_change_retention: float = Field(3600.0, gt=0)
     metrics_per_worker: bool = False
+    loop_lag_probe: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
     keepalive_timeout: float = Field(75.0, gt=0)

@@ -25,7 +25,7 @@ from dispatcher.domains import CustomDomainResolver
 from dispatcher.errors import RegistryUnavailable, RoutingError
 from dispatcher.hosts import normalize_host
 from dispatcher.logging import batched_logs
-from dispatcher.metrics import Metrics, StateReading
+from dispatcher.metrics import LoopLagProbe, Metrics, StateReading
 from dispatcher.proxy.transport import UpstreamTransport
 from dispatcher.proxy.upstreams import UpstreamSelector
 from dispatcher.routing import DomainAnswer, Route, RoutingTable, resolve
@@ -60,6 +60,10 @@ class DispatcherState:
         #: Move every full load out of the cyclic collector's view (``gc.freeze``): set by the
         #: server process (``dispatcher.cli.app_factory``), never in tests or embedding apps.
         self.freeze_loaded = False
+        self.loop_lag: LoopLagProbe | None = None
+        if settings.loop_lag_probe:
+            self.loop_lag = LoopLagProbe()
+            self.metrics.registry.register(self.loop_lag)
 
     # -- the route decision -------------------------------------------------------------------
 
@@ -198,6 +202,8 @@ class DispatcherState:
     async def startup(self) -> None:
         """Open the registry, load the snapshot and start following it."""
         settings = self.settings
+        if self.loop_lag is not None:
+            self.loop_lag.start()  # first, so that the initial load is measured too
         self.store = RegistryStore.from_url(
             settings.async_database_url, connect_timeout=settings.connect_timeout
         )
@@ -229,6 +235,8 @@ class DispatcherState:
             await self.listener.start()
 
     async def shutdown(self) -> None:
+        if self.loop_lag is not None:
+            await self.loop_lag.aclose()
         if self.listener is not None:
             await self.listener.aclose()
         if self.follower is not None:
