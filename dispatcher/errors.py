@@ -1,7 +1,7 @@
 """The dispatcher's one exception tree.
 
 Every error the dispatcher itself answers with is one of these; each class carries its
-public ``code`` and HTTP ``status`` from the error contract (DESIGN.md, "Error contract").
+public ``code`` and HTTP ``status`` from the error contract (README, "Errors").
 Foreign exceptions (socket errors, database driver errors) are mapped onto this tree at one
 boundary each and chained with ``from exc``; their text never reaches a client.
 
@@ -19,8 +19,10 @@ boundary each and chained with ``from exc``; their text never reaches a client.
     │   ├── AdminDisabled                admin_disabled 403
     │   ├── NotFound                     not_found 404
     │   ├── MethodNotAllowed             method_not_allowed 405
+    │   ├── RequestTimeout               request_timeout 408
     │   ├── Conflict                     conflict 409
     │   ├── PayloadTooLarge              payload_too_large 413
+    │   ├── UnsupportedMediaType         unsupported_media_type 415
     │   ├── HeadersTooLarge              headers_too_large 431
     │   └── LoopDetected                 loop_detected 508
     ├── RegistryUnavailable              registry_unavailable 503
@@ -51,9 +53,11 @@ __all__ = [
     "PayloadTooLarge",
     "RegistryUnavailable",
     "RequestRejected",
+    "RequestTimeout",
     "ReservedWorkerName",
     "RoutingError",
     "Unauthorized",
+    "UnsupportedMediaType",
     "UpstreamConnectFailed",
     "UpstreamError",
     "UpstreamTimeout",
@@ -182,6 +186,18 @@ class PayloadTooLarge(RequestRejected):
     code = "payload_too_large"
     status = 413
     default_message = "Request body is too large"
+
+
+class RequestTimeout(RequestRejected):
+    code = "request_timeout"
+    status = 408
+    default_message = "The request was not received in time"
+
+
+class UnsupportedMediaType(RequestRejected):
+    code = "unsupported_media_type"
+    status = 415
+    default_message = "The request body must be application/json"
 
 
 class HeadersTooLarge(RequestRejected):

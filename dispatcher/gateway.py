@@ -20,6 +20,7 @@ from dispatcher.asgi import Exchange, Message, Receive, Scope, Send, header_valu
 from dispatcher.control.app import REQUEST_ID_KEY
 from dispatcher.errors import (
     DispatcherError,
+    InvalidHost,
     NotFound,
     UpstreamConnectFailed,
     UpstreamError,
@@ -69,7 +70,7 @@ class Gateway:
         if kind == "websocket":
             return self._websocket(scope, receive, send)
         if kind == "lifespan":
-            return self.state.lifespan(receive, send)
+            return self.state.lifespan(scope, receive, send)
         return _nothing()
 
     def _route_scope(
@@ -122,6 +123,9 @@ class Gateway:
         exchange.request_id = request_id_of(scope["headers"])
         bind_request_id(exchange.request_id)
         exchange.route = "control"
+        if sum(1 for name, _ in scope["headers"] if name == b"host") > 1:
+            # Forwarded requests are checked by the header policy (RFC 9112 section 3.2).
+            raise InvalidHost("More than one Host header")
         scope[REQUEST_ID_KEY] = exchange.request_id
         rid = exchange.request_id.encode("ascii")
 
@@ -190,7 +194,7 @@ class Gateway:
                 "host": host_header.decode("latin-1"),
                 "path": scope["path"],
                 "status": exchange.status,
-                "duration_ms": round(duration * 1_000_000) / 1000,  # round(x, 3) costs 10x
+                "duration_ms": round(duration * 1_000_000) / 1000,  # cheaper than round(x, 3)
                 "route": exchange.route or None,
                 "worker": exchange.worker or None,
                 "upstream": exchange.upstream or None,

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from functools import lru_cache
 
 import idna
 
 from dispatcher.errors import InvalidHost, InvalidWorkerName, ReservedWorkerName
+from dispatcher.memo import memo
 
 __all__ = [
     "DEFAULT_RESERVED_NAMES",
@@ -21,6 +21,7 @@ __all__ = [
     "is_valid_worker_name",
     "normalize_domain",
     "normalize_host",
+    "normalize_wire_host",
     "validate_worker_name",
 ]
 
@@ -52,7 +53,7 @@ def is_valid_worker_name(name: str) -> bool:
     return _WORKER_NAME.fullmatch(name) is not None
 
 
-@lru_cache(maxsize=4096)
+@memo(4096)
 def validate_worker_name(name: str, reserved: frozenset[str] | tuple[str, ...]) -> str:
     """Return the canonical (lowercased) worker name or raise a routing error.
 
@@ -81,7 +82,7 @@ def is_ip_literal(host: str) -> bool:
     return _parses_as_ip(candidate)
 
 
-@lru_cache(maxsize=1024)
+@memo(1024)
 def _parses_as_ip(candidate: str) -> bool:
     # Remembered: control hosts are IP literals on every path-routed request, and parsing one
     # costs more than routing the request.
@@ -92,7 +93,20 @@ def _parses_as_ip(candidate: str) -> bool:
     return True
 
 
-@lru_cache(maxsize=8192)
+@memo(8192)
+def normalize_wire_host(raw: str) -> str:
+    """``normalize_host`` for a Host as it arrived on the wire (latin-1 decoded).
+
+    A Host on the wire is ASCII (browsers send A-labels): any other byte is ``InvalidHost``
+    here, before IDNA folding could map it onto an ASCII name (``\\xaa`` onto ``a``). Cached
+    like ``normalize_host``, so a known host costs one lookup.
+    """
+    if not raw.isascii():
+        raise InvalidHost("The Host header must be ASCII")
+    return normalize_host(raw)
+
+
+@memo(8192)
 def normalize_host(raw: str) -> str:
     """Normalise a Host header (or ``:authority``) value.
 

@@ -1,12 +1,12 @@
 """Logging: structlog to stdout, one JSON object per line (or ``console`` for humans).
 
-The access line has exactly the DESIGN.md fields and never the query string, cookies or
+The access line has exactly the fields of the README ("Logs") and never the query string, cookies or
 ``Authorization``. Standard-library loggers (uvicorn's, alembic's) are routed through the
 same renderer so stdout carries one format.
 
 While the server runs, structlog's lines are batched: ``LineBatcher`` keeps them in memory and
 a lifespan task writes them every ``_FLUSH_INTERVAL`` seconds with one system call (a write per
-request line was a tenth of the hot path's cost). Outside the server (CLI, start-up, shutdown)
+request line was a large share of the hot path). Outside the server (CLI, start-up, shutdown)
 every line is written at once.
 """
 
@@ -35,7 +35,7 @@ __all__ = [
 
 # The id of the request being handled, in every structlog line written while handling it:
 # structlog's ``merge_contextvars`` merges each context variable named with its prefix. Set
-# directly, it costs a quarter of ``bind_contextvars`` (once per request).
+# directly, it is much cheaper than ``bind_contextvars`` (once per request).
 _REQUEST_ID: contextvars.ContextVar[Any] = contextvars.ContextVar(
     f"{structlog.contextvars.STRUCTLOG_KEY_PREFIX}request_id", default=...
 )
@@ -210,8 +210,8 @@ class AccessLog:
     """The one line per request.
 
     When ``configure_logging`` set up JSON output, the line is rendered straight to the batcher
-    by orjson (the same keys as structlog's lines, compact separators; a tenth of the cost of
-    ``json.dumps`` and a thirtieth of structlog's processor chain on the hot path). Otherwise
+    by orjson (the same keys as structlog's lines, compact separators; far cheaper than
+    ``json.dumps`` or structlog's processor chain on the hot path). Otherwise
     (console format, tests capturing structlog output, embedding) it goes through structlog like
     every other line.
     """

@@ -2,7 +2,7 @@
 
 Pure functions of data. No I/O, no database, no HTTP client: the custom-domain answer for a
 tenant host is looked up by the caller (through the cache in ``dispatcher.domains``) and passed
-in, so every routing decision is unit-testable. Order (DESIGN.md, "Request flow"):
+in, so every routing decision is unit-testable. Order (README, "How a request is routed"):
 
 1. control host (``localhost``, IP literals, each base domain's apex, ``control_hosts``): the
    control plane, except the path and query routes under ``/dispatch`` and ``/api/dispatch``;
@@ -15,6 +15,7 @@ On a tenant host the tenant owns every path, ``/health`` included.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
@@ -31,6 +32,7 @@ from dispatcher.errors import (
     WorkerNotFound,
 )
 from dispatcher.hosts import is_ip_literal, validate_worker_name
+from dispatcher.memo import Memo, memo
 from workers_registry.models import CustomDomain, Worker
 
 __all__ = [
@@ -61,8 +63,8 @@ class Route:
     ``upstream_path`` is the raw path (bytes as the client sent them, starting with ``/``),
     ``query`` the raw query string without ``?``, and ``prefix`` the part of the client's path
     that the route consumed (``X-Forwarded-Prefix``; empty for host routes). Treat it as
-    immutable; it is not frozen only because a frozen dataclass costs a microsecond more to
-    make, once per request.
+    immutable; it is not frozen only because a frozen dataclass is slower to make, and one is
+    made per request.
     """
 
     worker: Worker
@@ -91,7 +93,6 @@ UNAVAILABLE: Final = _Unavailable.VALUE
 #: What the caller learned about the host from the custom-domain registry.
 DomainAnswer = CustomDomain | None | _Unavailable
 
-_UNKNOWN: Final = object()
 #: Hosts whose subdomain answer a routing table remembers at most.
 _MEMO_SIZE: Final = 10_000
 
@@ -104,17 +105,22 @@ class RoutingTable:
     """The data routing needs: configuration plus every worker.
 
     Built whole at a full load of the registry; after that, ``put_worker`` changes one worker
-    at a time (the registry's change log), forgetting only what was derived from it.
+    at a time (the registry's change log). Nothing remembered depends on a worker: the memo
+    holds what a host's label says (a worker name or a refusal), and the worker is looked up
+    at each request, so a change to one worker touches no other entry.
     """
 
     base_domains: tuple[str, ...]
     control_hosts: frozenset[str]
     reserved: frozenset[str]
     workers: dict[str, Worker]
-    # What ``subdomain_worker`` answered per host: a worker, None, or the error to raise.
-    _subdomains: dict[str, Worker | RoutingError | None] = field(
-        default_factory=dict, compare=False, repr=False
+    # What a host's label names: a valid worker name, None (no subdomain), or the error.
+    _subdomains: Memo[[str], str | RoutingError | None] = field(
+        init=False, compare=False, repr=False
     )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_subdomains", memo(_MEMO_SIZE)(self._subdomain_name))
 
     @classmethod
     def build(
@@ -151,36 +157,33 @@ class RoutingTable:
         """The worker that ``host``, one label under a base domain, names.
 
         ``None`` when ``host`` is not such a subdomain; raises ``InvalidWorkerName``,
-        ``ReservedWorkerName`` or ``WorkerNotFound`` for a label that names no worker. The
-        answer is a function of the host and this (immutable) table, so it is remembered:
+        ``ReservedWorkerName`` or ``WorkerNotFound`` for a label that names no worker. What
+        the label names is a function of the host and the configuration, so it is remembered:
         hosts repeat, and this is on every subdomain request.
         """
-        known = self._subdomains.get(host, _UNKNOWN)
-        if known is _UNKNOWN:
-            try:
-                label = self.subdomain_label(host)
-                known = (
-                    None
-                    if label is None
-                    else self.worker(validate_worker_name(label, self.reserved))
-                )
-            except RoutingError as exc:
-                known = exc
-            if len(self._subdomains) >= _MEMO_SIZE:  # random hosts must not grow it forever
-                self._subdomains.clear()
-            self._subdomains[host] = known
-        if isinstance(known, RoutingError):
-            raise type(known)(known.message)  # a fresh one: a raised error keeps its traceback
-        return known  # type: ignore[return-value]
+        name = self._subdomains(host)
+        if name is None:
+            return None
+        if isinstance(name, RoutingError):
+            raise type(name)(name.message)  # a fresh one: a raised error keeps its traceback
+        worker = self.workers.get(name)
+        if worker is None or not worker.enabled:
+            raise WorkerNotFound(f"Worker '{name}' does not exist")
+        return worker
+
+    def _subdomain_name(self, host: str) -> str | RoutingError | None:
+        try:
+            label = self.subdomain_label(host)
+            return None if label is None else validate_worker_name(label, self.reserved)
+        except RoutingError as exc:
+            return exc
 
     def put_worker(self, name: str, worker: Worker | None) -> None:
-        """Replace worker ``name`` (``None``: remove it) and forget its subdomain answers."""
+        """Replace worker ``name`` (``None``: remove it); nothing else changes."""
         if worker is None:
             self.workers.pop(name, None)
         else:
             self.workers[name] = worker
-        for base in self.base_domains:
-            self._subdomains.pop(f"{name}.{base}", None)
 
     def worker(self, name: str) -> Worker:
         """The enabled worker called ``name``, or ``WorkerNotFound``."""
@@ -215,6 +218,8 @@ def resolve_tenant(
 ) -> Route:
     """Route a request on a tenant host (custom domain, then wildcard subdomain)."""
     path = raw_path or b"/"
+    if b"%" in path or b"/." in path or b"\\." in path:  # else no segment can be a dot one
+        _reject_dot_segments(path)
     if isinstance(domain, CustomDomain) and domain.routable:
         return Route(table.worker(domain.worker), RouteKind.CUSTOM_DOMAIN, path, query)
     worker = table.subdomain_worker(host)
@@ -246,7 +251,8 @@ def _path_route(rest: bytes, query: bytes, table: RoutingTable, prefix: str) -> 
     end = rest.find(b"/", 1)
     segment, upstream_path = (rest[1:], b"/") if end == -1 else (rest[1:end], rest[end:])
     name = validate_worker_name(_decode_segment(segment), table.reserved)
-    _reject_dot_segments(upstream_path)
+    if b"%" in upstream_path or b"/." in upstream_path or b"\\." in upstream_path:
+        _reject_dot_segments(upstream_path)
     return Route(table.worker(name), RouteKind.PATH, upstream_path, query, f"{prefix}/{name}")
 
 
@@ -285,13 +291,28 @@ def _decode_param(value: bytes) -> str:
 
 
 _DOT_SEGMENTS: Final = frozenset({".", ".."})
+# What some upstream decodes, splits on or cuts at: ``\`` is a separator on Windows servers
+# (IIS, some Java and Node ones), ``;`` starts path parameters (``..;`` is ``..`` to Tomcat).
+_SEPARATORS: Final = re.compile(r"[/\\]")
+_DECODE_ROUNDS: Final = 3  # ``%252e`` is ``.`` to an upstream that decodes twice
 
 
 def _reject_dot_segments(path: bytes) -> None:
-    # The upstream may resolve ``..`` against its own base path; a path route must not be a
-    # way to walk out of it (RFC 3986 section 5.2.4). Encoded dots count too.
-    if b"." not in path and b"%2" not in path.lower():
-        return
-    for segment in path.split(b"/"):
-        if unquote(segment.decode("latin-1")) in _DOT_SEGMENTS:
-            raise InvalidRequest("Dot segments ('.' or '..') are not allowed in dispatch paths")
+    """Refuse a path that any upstream could read as containing a dot segment.
+
+    The upstream resolves ``..`` against its own base path (RFC 3986 section 5.2.4), so a
+    client's ``/../../secret`` would walk out of a worker's ``http://10.0.0.5/app/v1`` or out of
+    a path route's ``/dispatch/<name>``. Normalising would have to guess how each upstream
+    reads a path; refusing does not: a segment that, once percent-decoded (repeatedly), cut
+    at ``;`` and split on ``/`` or ``\\`` too, is ``.`` or ``..`` (trailing blanks and NULs
+    ignored) is 400 on every route kind. Browsers never send one (they resolve dot segments
+    before sending), so only hand-made requests meet this.
+    """
+    text = path.decode("latin-1")
+    for _ in range(_DECODE_ROUNDS):
+        if "%" not in text:
+            break
+        text = unquote(text, encoding="latin-1")
+    for segment in _SEPARATORS.split(text):
+        if segment.partition(";")[0].rstrip(" \t\x00") in _DOT_SEGMENTS:
+            raise InvalidRequest("Dot segments ('.' or '..') are not allowed in request paths")

@@ -2,9 +2,10 @@
 
 ``DispatcherState`` owns the long-lived parts of one process: the registry store, the follower
 that keeps the worker snapshot current (and the Postgres listener that wakes it), the
-custom-domain resolver, the routing table built from the snapshot, the metrics, and the
-upstream transport it closes on shutdown. It runs the ASGI lifespan and implements the control
-plane's ``ControlState`` (health, metrics, ``/tls/ask``, the registry for the admin API).
+custom-domain resolver, the routing table built from the snapshot, the metrics, the
+custom-domain verifier, and the upstream transport it closes on shutdown. It runs the ASGI
+lifespan and implements the control plane's ``ControlState`` (health, metrics, ``/tls/ask``,
+the registry and the verifier for the admin API).
 
 It makes the route decision for the data plane and for ``/tls/ask`` alike (``route``): the
 custom-domain answer from the cache, then the same pure ``routing.resolve`` the CLI calls.
@@ -20,12 +21,13 @@ from typing import Any
 
 import structlog
 
-from dispatcher.asgi import Receive, Send
+from dispatcher.asgi import LIMITS_STATE_KEY, Receive, Scope, Send, ServerLimits
 from dispatcher.domains import CustomDomainResolver
 from dispatcher.errors import RegistryUnavailable, RoutingError
-from dispatcher.hosts import normalize_host
+from dispatcher.hosts import normalize_wire_host
 from dispatcher.logging import batched_logs
 from dispatcher.metrics import LoopLagProbe, Metrics, StateReading
+from dispatcher.onboarding import DomainVerifier, OnboardingMetrics
 from dispatcher.proxy.transport import UpstreamTransport
 from dispatcher.proxy.upstreams import UpstreamSelector
 from dispatcher.routing import DomainAnswer, Route, RoutingTable, resolve
@@ -64,6 +66,9 @@ class DispatcherState:
         if settings.loop_lag_probe:
             self.loop_lag = LoopLagProbe()
             self.metrics.registry.register(self.loop_lag)
+        self.onboarding_metrics = OnboardingMetrics()
+        self.metrics.registry.register(self.onboarding_metrics)
+        self.domain_verifier: DomainVerifier | None = None
 
     # -- the route decision -------------------------------------------------------------------
 
@@ -75,7 +80,7 @@ class DispatcherState:
         Raises what ``routing.resolve`` raises (``RoutingError``, ``RegistryUnavailable``,
         ``InvalidRequest``) and ``InvalidHost``.
         """
-        host = normalize_host(host_header)
+        host = normalize_wire_host(host_header)
         table = self.table
         answer: DomainAnswer = None
         if not table.is_control_host(host):  # only a tenant host needs the registry's answer
@@ -97,6 +102,12 @@ class DispatcherState:
         if self.store is None:
             raise RegistryUnavailable("The worker registry is not open yet")
         return self.store
+
+    @property
+    def verifier(self) -> DomainVerifier:
+        if self.domain_verifier is None:
+            raise RegistryUnavailable("The worker registry is not open yet")
+        return self.domain_verifier
 
     async def may_issue_certificate(self, domain: str) -> bool:
         """May Caddy get a certificate for ``domain``? (``/tls/ask``)
@@ -178,8 +189,18 @@ class DispatcherState:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def lifespan(self, receive: Receive, send: Send) -> None:
-        """The ASGI lifespan: ``startup`` on start, ``shutdown`` on stop."""
+    async def lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI lifespan: ``startup`` on start, ``shutdown`` on stop.
+
+        It also tells the HTTP server the request deadlines to hold clients to, through the
+        lifespan state the server hands every connection (``dispatcher.asgi.ServerLimits``).
+        """
+        state = scope.get("state")
+        if state is not None:
+            state[LIMITS_STATE_KEY] = ServerLimits(
+                request_head_timeout=self.settings.request_head_timeout,
+                request_body_timeout=self.settings.request_body_timeout,
+            )
         async with batched_logs():
             await self._lifespan_events(receive, send)
 
@@ -200,7 +221,7 @@ class DispatcherState:
                 return
 
     async def startup(self) -> None:
-        """Open the registry, load the snapshot and start following it."""
+        """Open the registry, load the snapshot, start following it and start the verifier."""
         settings = self.settings
         if self.loop_lag is not None:
             self.loop_lag.start()  # first, so that the initial load is measured too
@@ -233,10 +254,14 @@ class DispatcherState:
                 connect_timeout=settings.connect_timeout,
             )
             await self.listener.start()
+        self.domain_verifier = DomainVerifier(self.store, settings, metrics=self.onboarding_metrics)
+        await self.domain_verifier.start()
 
     async def shutdown(self) -> None:
         if self.loop_lag is not None:
             await self.loop_lag.aclose()
+        if self.domain_verifier is not None:
+            await self.domain_verifier.aclose()
         if self.listener is not None:
             await self.listener.aclose()
         if self.follower is not None:

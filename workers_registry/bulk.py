@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from dispatcher.errors import InvalidRequest
+from dispatcher.errors import DispatcherError, InvalidRequest
 from workers_registry.models import CustomDomainCreate, WorkerCreate
 
 __all__ = [
@@ -73,19 +73,35 @@ class Parsed(Generic[ModelT]):
 
 
 def parse_workers(
-    lines: Iterable[str], fmt: ImportFormat, *, reserved: Iterable[str] | None = None
+    lines: Iterable[str],
+    fmt: ImportFormat,
+    *,
+    context: Mapping[str, Any] | None = None,
+    check: Callable[[WorkerCreate], None] | None = None,
 ) -> Parsed[WorkerCreate]:
-    """Every worker of an import file, or ``InvalidRequest`` naming the bad lines."""
-    parsed = _parse(lines, fmt, WorkerCreate, _WORKER_CSV_COLUMNS, _worker_row, reserved)
+    """Every worker of an import file, or ``InvalidRequest`` naming the bad lines.
+
+    ``context`` is the models' validation context (the configured reserved names); ``check``
+    may refuse a valid record (raising ``DispatcherError``), as the single-record entry
+    points do.
+    """
+    parsed = _parse(lines, fmt, WorkerCreate, _WORKER_CSV_COLUMNS, _worker_row, context, check)
     _reject_duplicates(parsed, [worker.name for worker in parsed.records], "worker")
     return parsed
 
 
 def parse_domains(
-    lines: Iterable[str], fmt: ImportFormat, *, reserved: Iterable[str] | None = None
+    lines: Iterable[str],
+    fmt: ImportFormat,
+    *,
+    context: Mapping[str, Any] | None = None,
+    check: Callable[[CustomDomainCreate], None] | None = None,
 ) -> Parsed[CustomDomainCreate]:
-    """Every custom domain of an import file, or ``InvalidRequest`` naming the bad lines."""
-    parsed = _parse(lines, fmt, CustomDomainCreate, _DOMAIN_CSV_COLUMNS, _domain_row, reserved)
+    """Every custom domain of an import file, or ``InvalidRequest`` naming the bad lines
+    (``context`` and ``check`` as for ``parse_workers``: where a domain may be placed)."""
+    parsed = _parse(
+        lines, fmt, CustomDomainCreate, _DOMAIN_CSV_COLUMNS, _domain_row, context, check
+    )
     _reject_duplicates(parsed, [domain.domain for domain in parsed.records], "domain")
     return parsed
 
@@ -96,9 +112,10 @@ def _parse(
     model: type[ModelT],
     columns: frozenset[str],
     row: Any,
-    reserved: Iterable[str] | None,
+    context: Mapping[str, Any] | None,
+    check: Callable[[ModelT], None] | None,
 ) -> Parsed[ModelT]:
-    context = {"reserved_names": tuple(reserved)} if reserved is not None else None
+    context = dict(context) if context is not None else None
     records: list[ModelT] = []
     labels: list[str] = []
     errors: list[dict[str, str]] = []
@@ -123,6 +140,8 @@ def _parse(
                 record = model.model_validate_json(data, strict=True, context=context)
             else:
                 record = model.model_validate(row(_csv_cells(text, header)), context=context)
+            if check is not None:
+                check(record)
             records.append(record)
             labels.append(label)
         except ValidationError as exc:
@@ -132,6 +151,8 @@ def _parse(
                 errors.append({"field": label, "message": f"{field}: {message}"})
         except ValueError as exc:
             errors.append({"field": label, "message": str(exc)})
+        except DispatcherError as exc:
+            errors.append({"field": label, "message": exc.message})
         if len(errors) >= MAX_REPORTED:
             break
         if len(records) > MAX_IMPORT_ROWS:

@@ -1,4 +1,4 @@
-"""The operator HTTP API under ``/admin`` (DESIGN.md, "Operator interfaces", "Contract details").
+"""The operator HTTP API under ``/admin`` (README, "Admin HTTP API").
 
     GET    /admin/workers             -> 200 {"workers": [...]}
     POST   /admin/workers             -> 201 the stored worker
@@ -10,8 +10,13 @@
     GET    /admin/domains/{domain}    -> 200 the custom domain
     PATCH  /admin/domains/{domain}    -> 200 the changed custom domain (status and/or worker)
     DELETE /admin/domains/{domain}    -> 204
-    POST   /admin/import/workers      -> 201 {"imported": N} (JSON lines or CSV, one transaction)
-    POST   /admin/import/domains      -> 201 {"imported": N} (the same, for custom domains)
+    POST   /admin/domains/{domain}/verify -> 200 the domain after a check made now
+    POST   /admin/import/workers      -> 201 {"imported": N}: a JSON lines or CSV file, at once
+    POST   /admin/import/domains      -> 201 {"imported": N}: the same, for custom domains
+
+Domains are answered with their verification record (``DomainRecord``); a new domain must
+pass ``dispatcher.onboarding.check_placement`` too (base domains, control hosts, names under
+a base domain unless vouched for with ``active``; README, "Custom domains: onboarding").
 
 The routes are served by the control plane, so only on control hosts. ``AdminGuard`` runs
 before any of them: with no ``admin_token`` configured every path answers 403
@@ -40,6 +45,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from dispatcher.asgi import ASGIApp, Receive, Scope, Send
+from dispatcher.control.operations import ADMIN_OPERATIONS, IMPORT_MEDIA_TYPES, Operation
+from dispatcher.control.schemas import DomainList, Imported, WorkerList
 from dispatcher.errors import (
     AdminDisabled,
     DomainNotFound,
@@ -48,16 +55,19 @@ from dispatcher.errors import (
     PayloadTooLarge,
     RoutingError,
     Unauthorized,
+    UnsupportedMediaType,
     WorkerNotFound,
 )
 from dispatcher.hosts import normalize_domain
+from dispatcher.onboarding import DomainVerifier, check_placement, domain_records
 from dispatcher.settings import Settings
 from workers_registry.bulk import ImportFormat, parse_domains, parse_workers
 from workers_registry.models import (
+    CheckedDomain,
     CustomDomain,
     CustomDomainCreate,
     CustomDomainPatch,
-    Worker,
+    DomainRecord,
     WorkerCreate,
 )
 from workers_registry.store import RegistryStore
@@ -65,9 +75,8 @@ from workers_registry.store import RegistryStore
 __all__ = [
     "MAX_ADMIN_BODY_BYTES",
     "MAX_IMPORT_BODY_BYTES",
+    "MAX_JSON_DEPTH",
     "AdminGuard",
-    "DomainList",
-    "WorkerList",
     "admin_routes",
 ]
 
@@ -79,26 +88,11 @@ MAX_ADMIN_BODY_BYTES = 1024 * 1024
 #: An import body (``POST /admin/import/...``): ~600,000 domains or ~200,000 workers.
 MAX_IMPORT_BODY_BYTES = 64 * 1024 * 1024
 
+#: Admin bodies nest two levels (a worker's ``tags``); deeper is refused before parsing.
+MAX_JSON_DEPTH = 32
+
 _BEARER = b"bearer "
 _JSON_HEADERS = {"cache-control": "no-store"}
-
-
-class WorkerList(BaseModel):
-    """The body of ``GET /admin/workers``."""
-
-    workers: list[Worker]
-
-
-class DomainList(BaseModel):
-    """The body of ``GET /admin/domains``."""
-
-    domains: list[CustomDomain]
-
-
-class Imported(BaseModel):
-    """The body of ``POST /admin/import/workers`` and ``POST /admin/import/domains``."""
-
-    imported: int
 
 
 class AdminGuard:
@@ -143,13 +137,23 @@ def _bearer_token(scope: Scope) -> bytes | None:
     return None
 
 
-def admin_routes(settings: Settings, store: Callable[[], RegistryStore]) -> list[BaseRoute]:
+def admin_routes(
+    settings: Settings,
+    store: Callable[[], RegistryStore],
+    verifier: Callable[[], DomainVerifier],
+) -> list[BaseRoute]:
     """The ``/admin`` routes, guarded by ``AdminGuard``.
 
-    ``store`` returns the running dispatcher's registry store (it raises
-    ``RegistryUnavailable`` before the lifespan has opened one).
+    ``store`` and ``verifier`` return the running dispatcher's registry store and domain
+    verifier (they raise ``RegistryUnavailable`` before the lifespan has opened them).
     """
-    context = {"reserved_names": settings.reserved}
+    context = settings.registration_context
+
+    async def records(domains: list[CustomDomain]) -> list[DomainRecord]:
+        return await domain_records(store(), settings, domains)
+
+    async def record(domain: CustomDomain) -> DomainRecord:
+        return (await records([domain]))[0]
 
     def worker_name(request: Request) -> str:
         value = str(request.path_params["name"])
@@ -198,24 +202,35 @@ def admin_routes(settings: Settings, store: Callable[[], RegistryStore]) -> list
                 worker = settings.validate_worker_name(worker)
             except RoutingError as exc:
                 raise _invalid("worker", exc.message) from None
-        return _json(DomainList(domains=await store().list_domains(worker)))
+        domains = await store().list_domains(worker)
+        return _json(DomainList(domains=await records(domains)))
 
     async def create_domain(request: Request) -> Response:
         spec = _validate(CustomDomainCreate, await _read_json(request), context)
+        check_placement(spec, settings)
         domain = await store().add_domain(spec)
-        return _json(domain, 201, location=f"/admin/domains/{domain.domain}")
+        verifier().wake()
+        return _json(await record(domain), 201, location=f"/admin/domains/{domain.domain}")
 
     async def show_domain(request: Request) -> Response:
         key = _domain_param(request)
         domain = await store().get_domain(key)
         if domain is None:
             raise _domain_missing(key)
-        return _json(domain)
+        return _json(await record(domain))
 
     async def update_domain(request: Request) -> Response:
         key = _domain_param(request)
         patch = _validate(CustomDomainPatch, await _read_json(request), context)
-        return _json(await store().update_domain(key, patch))
+        domain = await store().update_domain(key, patch)
+        if patch.status is not None:
+            verifier().wake()
+        return _json(await record(domain))
+
+    async def verify_domain(request: Request) -> Response:
+        report = await verifier().check(_domain_param(request))
+        shown = await record(report.domain)
+        return _json(CheckedDomain(**dict(shown), check=report.model()))
 
     async def remove_domain(request: Request) -> Response:
         await store().remove_domain(_domain_param(request))
@@ -225,48 +240,62 @@ def admin_routes(settings: Settings, store: Callable[[], RegistryStore]) -> list
     # event loop, so the requests being forwarded meanwhile are not held up.
     async def import_workers(request: Request) -> Response:
         lines, fmt = await _read_import(request)
-        parsed = await asyncio.to_thread(parse_workers, lines, fmt, reserved=settings.reserved)
+        parsed = await asyncio.to_thread(parse_workers, lines, fmt, context=context)
         count = await store().import_workers(parsed.records, parsed.labels)
         return _json(Imported(imported=count), 201)
 
     async def import_domains(request: Request) -> Response:
         lines, fmt = await _read_import(request)
-        parsed = await asyncio.to_thread(parse_domains, lines, fmt, reserved=settings.reserved)
+
+        def check(spec: CustomDomainCreate) -> None:
+            check_placement(spec, settings)
+
+        parsed = await asyncio.to_thread(parse_domains, lines, fmt, context=context, check=check)
         count = await store().import_domains(parsed.records, parsed.labels)
         return _json(Imported(imported=count), 201)
 
-    routes = [
-        _route("/import/workers", {"POST": import_workers}),
-        _route("/import/domains", {"POST": import_domains}),
-        _route("/workers", {"GET": list_workers, "POST": create_worker}),
-        _route(
-            "/workers/{name}", {"GET": show_worker, "PUT": replace_worker, "DELETE": remove_worker}
-        ),
-        _route("/domains", {"GET": list_domains, "POST": create_domain}, query={"GET": "worker"}),
-        _route(
-            "/domains/{domain}",
-            {"GET": show_domain, "PATCH": update_domain, "DELETE": remove_domain},
-        ),
-    ]
+    handlers: dict[str, Handler] = {
+        "importWorkers": import_workers,
+        "importDomains": import_domains,
+        "listWorkers": list_workers,
+        "createWorker": create_worker,
+        "getWorker": show_worker,
+        "replaceWorker": replace_worker,
+        "deleteWorker": remove_worker,
+        "listDomains": list_domains,
+        "createDomain": create_domain,
+        "getDomain": show_domain,
+        "updateDomain": update_domain,
+        "deleteDomain": remove_domain,
+        "verifyDomain": verify_domain,
+    }
+    paths: dict[str, list[Operation]] = {}
+    for operation in ADMIN_OPERATIONS:
+        paths.setdefault(operation.path.removeprefix("/admin"), []).append(operation)
+    routes = [_route(path, operations, handlers) for path, operations in paths.items()]
     return [Mount("/admin", routes=routes, middleware=[Middleware(AdminGuard, settings=settings)])]
 
 
-def _route(
-    path: str, handlers: dict[str, Handler], *, query: dict[str, str] | None = None
-) -> Route:
+def _route(path: str, operations: list[Operation], handlers: dict[str, Handler]) -> Route:
     """One route per path, so a 405 answer's ``Allow`` lists every method of the path.
 
-    ``query`` names the one query parameter a method takes; any other is refused, so a typo
-    (``?wroker=shop``) is an error instead of silently meaning "everything".
+    A method takes the query parameters its declaration names; any other is refused, so a
+    typo (``?wroker=shop``) is an error instead of silently meaning "everything".
     """
-    accepted = query or {}
+    by_method = {operation.method: handlers[operation.operation_id] for operation in operations}
+    accepted = {
+        operation.method: parameter.name
+        for operation in operations
+        for parameter in operation.parameters
+        if parameter.location == "query"
+    }
 
     async def endpoint(request: Request) -> Response:
         method = "GET" if request.method == "HEAD" else request.method
         _check_query(request, accepted.get(method))
-        return await handlers[method](request)
+        return await by_method[method](request)
 
-    return Route(path, endpoint, methods=list(handlers))
+    return Route(path, endpoint, methods=list(by_method))
 
 
 def _check_query(request: Request, accepted: str | None) -> None:
@@ -308,31 +337,47 @@ def _domain_param(request: Request) -> str:
         raise _invalid("domain", f"{value!r} is not a valid domain name: {exc.message}") from None
 
 
-async def _read_body(request: Request, limit: int) -> bytearray:
+async def _read_import(request: Request) -> tuple[list[str], ImportFormat]:
+    """An import body's lines and format, read up to ``MAX_IMPORT_BODY_BYTES``; 415 unless it
+    is declared ``application/x-ndjson`` or ``text/csv``."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type not in IMPORT_MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            "An import is sent as application/x-ndjson (JSON lines) or text/csv"
+        )
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"This admin request body is limited to {limit} bytes")
-    return body
-
-
-async def _read_import(request: Request) -> tuple[list[str], ImportFormat]:
-    """An import body's lines and format: CSV for ``Content-Type: text/csv``, else JSON lines."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    body = await _read_body(request, MAX_IMPORT_BODY_BYTES)
+        if len(body) > MAX_IMPORT_BODY_BYTES:
+            raise PayloadTooLarge(f"An import body is limited to {MAX_IMPORT_BODY_BYTES} bytes")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise _invalid("body", "The body is not UTF-8") from None
-    return text.splitlines(), "csv" if content_type == "text/csv" else "jsonl"
+    return text.splitlines(), "csv" if media_type == "text/csv" else "jsonl"
 
 
 async def _read_json(request: Request) -> Any:
-    """The request body parsed as JSON, read up to ``MAX_ADMIN_BODY_BYTES``."""
-    body = await _read_body(request, MAX_ADMIN_BODY_BYTES)
+    """The request body parsed as JSON, read up to ``MAX_ADMIN_BODY_BYTES``.
+
+    Only a body declared ``application/json`` (parameters allowed) is read: anything else is
+    415, so a form a browser can send cross-site without a preflight is never taken for JSON.
+    Nesting deeper than ``MAX_JSON_DEPTH`` is 400, decided before the parser recurses.
+    """
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType("Admin request bodies must be sent as application/json")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_ADMIN_BODY_BYTES:
+            raise PayloadTooLarge(
+                f"Admin request bodies are limited to {MAX_ADMIN_BODY_BYTES} bytes"
+            )
     if not body:
         raise _invalid("body", "A JSON object is required")
+    if _nesting(body) > MAX_JSON_DEPTH:
+        raise _invalid("body", f"The body is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = json.loads(body, parse_constant=_reject_constant)
         # "\ud800" escapes decode to lone surrogates, which no database can store as text
@@ -341,6 +386,29 @@ async def _read_json(request: Request) -> Any:
     except (UnicodeError, ValueError):
         raise _invalid("body", "The body is not valid JSON") from None
     return data
+
+
+def _nesting(body: bytes | bytearray) -> int:
+    """The deepest nesting of arrays and objects in a JSON text (brackets inside strings
+    are not counted), found without recursion."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
 
 
 def _reject_constant(name: str) -> Any:

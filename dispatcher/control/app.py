@@ -17,8 +17,9 @@ from starlette.routing import BaseRoute, Route
 
 from dispatcher import __version__
 from dispatcher.control.admin import admin_routes
-from dispatcher.control.docs import docs_routes
+from dispatcher.control.docs import docs_page, docs_routes
 from dispatcher.control.openapi import openapi_document
+from dispatcher.control.operations import CONTROL_OPERATIONS
 from dispatcher.errors import (
     DispatcherError,
     DomainNotFound,
@@ -27,6 +28,7 @@ from dispatcher.errors import (
     NotFound,
 )
 from dispatcher.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from dispatcher.onboarding import DomainVerifier
 from dispatcher.responses import error_body
 from dispatcher.settings import Settings
 from workers_registry.store import RegistryStore
@@ -52,6 +54,11 @@ class ControlState(Protocol):
     @property
     def registry(self) -> RegistryStore:
         """The open registry store; raises ``RegistryUnavailable`` before start-up."""
+        ...
+
+    @property
+    def verifier(self) -> DomainVerifier:
+        """The domain verifier; raises ``RegistryUnavailable`` before start-up."""
         ...
 
 
@@ -115,19 +122,25 @@ def create_control_app(settings: Settings, state: ControlState) -> Starlette:
     async def openapi(request: Request) -> Response:
         return Response(spec, media_type="application/json")
 
+    handlers = {
+        "getServiceInfo": info,
+        "getHealth": health,
+        "getHealthDetailed": health_detailed,
+        "getDispatchInfo": dispatch_info,
+        "getApiDispatchInfo": dispatch_info,
+        "tlsAsk": tls_ask,
+        "getMetrics": metrics,
+        "getOpenAPI": openapi,
+        "getDocs": docs_page,
+    }
     routes: list[BaseRoute] = [
-        Route("/", info, methods=["GET"]),
-        Route("/health", health, methods=["GET"]),
-        Route("/health/detailed", health_detailed, methods=["GET"]),
-        Route("/dispatch", dispatch_info, methods=["GET"]),
-        Route("/dispatch/", dispatch_info, methods=["GET"]),
-        Route("/api/dispatch", dispatch_info, methods=["GET"]),
-        Route("/api/dispatch/", dispatch_info, methods=["GET"]),
-        Route("/tls/ask", tls_ask, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
+        Route(path, handlers[operation.operation_id], methods=[operation.method])
+        for operation in CONTROL_OPERATIONS
+        for path in (operation.path, *operation.aliases)
+    ]
+    routes += [
         *docs_routes(),
-        *admin_routes(settings, lambda: state.registry),
+        *admin_routes(settings, lambda: state.registry, lambda: state.verifier),
     ]
     return Starlette(
         routes=routes,

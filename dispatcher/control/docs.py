@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-__all__ = ["ASSETS_PATH", "DOCS_PATH", "docs_routes", "swagger_ui_directory"]
+__all__ = ["ASSETS_PATH", "DOCS_PATH", "docs_page", "docs_routes", "swagger_ui_directory"]
 
 DOCS_PATH: Final = "/docs"
 ASSETS_PATH: Final = "/docs/assets"
@@ -70,21 +70,22 @@ def swagger_ui_directory() -> Path:
     return directory
 
 
-def docs_routes() -> list[BaseRoute]:
-    """``/docs``, its initializer script and the Swagger UI assets."""
+async def docs_page(request: Request) -> Response:
+    """``GET /docs`` (declared with the control plane's other operations)."""
+    return Response(
+        _PAGE,
+        media_type="text/html",
+        headers={"content-security-policy": _CSP, "x-content-type-options": "nosniff"},
+    )
 
-    async def page(request: Request) -> Response:
-        return Response(
-            _PAGE,
-            media_type="text/html",
-            headers={"content-security-policy": _CSP, "x-content-type-options": "nosniff"},
-        )
+
+def docs_routes() -> list[BaseRoute]:
+    """The files of the ``/docs`` page: its initializer script and the Swagger UI assets."""
 
     async def init(request: Request) -> Response:
         return Response(_INIT, media_type="text/javascript")
 
     return [
-        Route(DOCS_PATH, page, methods=["GET"]),
         Route(f"{DOCS_PATH}/init.js", init, methods=["GET"]),
         Mount(ASSETS_PATH, app=StaticFiles(directory=swagger_ui_directory())),
     ]

@@ -1,10 +1,11 @@
 """The OpenAPI 3.1 document of the control plane and the admin API.
 
-Built from the pydantic models (``dispatcher.control.schemas`` for the control plane's own
-answers, ``workers_registry.models`` and ``dispatcher.control.admin`` for the admin API), so the
-document changes when a model does. Every route the control plane serves is described here,
-including the error contract's body and the bearer scheme of ``/admin``. Pure: no I/O, no
-settings; ``openapi_document()`` returns a fresh dict.
+Rendered from the route declarations (``dispatcher.control.operations``: the same ones the
+routes are built from) and the pydantic models they name (``dispatcher.control.schemas`` for
+the control plane's own answers, ``workers_registry.models`` for the admin API), so the
+document changes when a route or a model does. It adds the error contract's body and the
+bearer scheme of ``/admin``. Pure: no I/O, no settings; ``openapi_document()`` returns a
+fresh dict.
 
 The generated schemas are the models' own; this module adds only what a model cannot say about
 itself: the syntax of a worker name (the one validator lowercases and checks the reserved list;
@@ -21,23 +22,16 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from dispatcher import __version__
-from dispatcher.control.admin import DomainList, Imported, WorkerList
-from dispatcher.control.schemas import (
-    DispatchInfo,
-    ErrorBody,
-    Health,
-    HealthDetailed,
-    ServiceInfo,
-    TlsPermission,
+from dispatcher.control.operations import (
+    ADMIN_OPERATIONS,
+    CONTROL_OPERATIONS,
+    Answer,
+    Body,
+    Operation,
+    Parameter,
 )
-from workers_registry.models import (
-    UPSTREAM_URL_PATTERN,
-    CustomDomain,
-    CustomDomainCreate,
-    CustomDomainPatch,
-    Worker,
-    WorkerCreate,
-)
+from dispatcher.control.schemas import ErrorBody
+from workers_registry.models import UPSTREAM_URL_PATTERN
 
 __all__ = ["OPENAPI_VERSION", "WORKER_NAME_PATTERN", "openapi_document"]
 
@@ -46,22 +40,7 @@ OPENAPI_VERSION: Final = "3.1.0"
 #: RFC 1123 label syntax, either case (names are compared lowercased).
 WORKER_NAME_PATTERN: Final = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
 
-_MODELS: Final[list[tuple[type[BaseModel], JsonSchemaMode]]] = [
-    (ServiceInfo, "serialization"),
-    (Health, "serialization"),
-    (HealthDetailed, "serialization"),
-    (DispatchInfo, "serialization"),
-    (TlsPermission, "serialization"),
-    (ErrorBody, "serialization"),
-    (WorkerCreate, "validation"),
-    (CustomDomainCreate, "validation"),
-    (CustomDomainPatch, "validation"),
-    (Worker, "serialization"),
-    (CustomDomain, "serialization"),
-    (WorkerList, "serialization"),
-    (DomainList, "serialization"),
-    (Imported, "serialization"),
-]
+_OPERATIONS: Final = (*CONTROL_OPERATIONS, *ADMIN_OPERATIONS)
 
 _REF = "#/components/schemas/{model}"
 
@@ -73,8 +52,16 @@ _ERRORS: Final = [
     ("404", "WorkerNotFound", "worker_not_found", "No such worker."),
     ("404", "DomainNotFound", "domain_not_found", "No such custom domain."),
     ("405", "MethodNotAllowed", "method_not_allowed", "Method not allowed on this path."),
+    ("404", "NoCertificate", "domain_not_found", "No certificate for this host."),
     ("409", "Conflict", "conflict", "Already registered."),
     ("413", "PayloadTooLarge", "payload_too_large", "Request body too large."),
+    (
+        "415",
+        "UnsupportedMediaType",
+        "unsupported_media_type",
+        "The body is not declared with a media type the operation takes (`application/json`;"
+        " an import: `application/x-ndjson` or `text/csv`).",
+    ),
     ("503", "RegistryUnavailable", "registry_unavailable", "The registry cannot be reached."),
 ]
 
@@ -100,7 +87,7 @@ def openapi_document() -> dict[str, Any]:
             {"name": "workers", "description": "Admin API: registered workers."},
             {"name": "domains", "description": "Admin API: custom domains."},
         ],
-        "paths": {**_control_paths(), **_admin_paths()},
+        "paths": _paths(),
         "components": _components(),
     }
 
@@ -109,11 +96,11 @@ def openapi_document() -> dict[str, Any]:
 
 
 def _components() -> dict[str, Any]:
-    _, top = models_json_schema(_MODELS, ref_template=_REF)
+    _, top = models_json_schema(_models(), ref_template=_REF)
     schemas: dict[str, Any] = top["$defs"]
     for name in ("WorkerCreate", "Worker"):
         _describe_worker_fields(schemas[name])
-    for name in ("CustomDomainCreate", "CustomDomain"):
+    for name in ("CustomDomainCreate", "DomainRecord", "CheckedDomain"):
         schemas[name]["properties"]["worker"].update(_worker_name_schema())
         schemas[name]["properties"]["domain"].update(_domain_schema())
     patch_worker = schemas["CustomDomainPatch"]["properties"]["worker"]["anyOf"][0]
@@ -232,282 +219,87 @@ def _body(schema: str, description: str) -> dict[str, Any]:
     }
 
 
-# -- control plane ------------------------------------------------------------------------------
+# -- paths, from the route declarations ---------------------------------------------------------
 
 
-def _control_paths() -> dict[str, Any]:
-    dispatch = {
-        "get": {
-            "tags": ["control"],
-            "summary": "Namespace information and routing help",
-            "description": (
-                "Without a `worker` parameter: the number of workers and how to reach them. "
-                "`/dispatch/<worker>/<path>` (path route) and `/dispatch?worker=<worker>` "
-                "(query route) forward any method to the worker instead; those answers are "
-                "the worker's."
-            ),
-            "responses": {"200": _json("Namespace information", "DispatchInfo")},
-        }
-    }
-    paths: dict[str, Any] = {
-        "/": _get(
-            "getServiceInfo", "Service information", _json("Service information", "ServiceInfo")
-        ),
-        "/health": _get(
-            "getHealth",
-            "Liveness (no I/O)",
-            _json("The process is alive", "Health"),
-        ),
-        "/health/detailed": _get(
-            "getHealthDetailed",
-            "Readiness: registry probe, snapshot, caches",
-            _json("Every check passed", "HealthDetailed"),
-            {"503": _json("At least one check failed (`degraded`)", "HealthDetailed")},
-        ),
-        "/dispatch": _with_operation_id(dispatch, "getDispatchInfo"),
-        "/api/dispatch": _with_operation_id(dispatch, "getApiDispatchInfo"),
-        "/tls/ask": _get(
-            "tlsAsk",
-            "May a certificate be issued for this host? (Caddy on-demand TLS)",
-            _json(
-                "Yes: an active or verified custom domain, or `<worker>.<base>`.",
-                "TlsPermission",
-            ),
-            {
-                "400": {"$ref": "#/components/responses/InvalidRequest"},
-                "404": _error_response("No certificate for this host.", "domain_not_found"),
-            },
-            parameters=[
-                {
-                    "name": "domain",
-                    "in": "query",
-                    "required": True,
-                    "description": "The host name Caddy is about to get a certificate for.",
-                    "schema": {"type": "string"},
-                }
-            ],
-        ),
-        "/metrics": _get(
-            "getMetrics",
-            "Prometheus metrics",
-            {
-                "description": "Prometheus text exposition format",
-                "content": {"text/plain": {"schema": {"type": "string"}}},
-            },
-        ),
-        "/openapi.json": _get(
-            "getOpenAPI",
-            "This document",
-            {
-                "description": "OpenAPI 3.1 document",
-                "content": {"application/json": {"schema": {"type": "object"}}},
-            },
-        ),
-        "/docs": _get(
-            "getDocs",
-            "Interactive API documentation (works offline)",
-            {
-                "description": "HTML page",
-                "content": {"text/html": {"schema": {"type": "string"}}},
-            },
-        ),
-    }
+def _models() -> list[tuple[type[BaseModel], JsonSchemaMode]]:
+    """Every model the declarations name: request bodies as validated, answers as serialised."""
+    found: dict[type[BaseModel], JsonSchemaMode] = {ErrorBody: "serialization"}
+    for operation in _OPERATIONS:
+        if isinstance(operation.body, type):
+            found[operation.body] = "validation"
+        for answer in operation.answers.values():
+            if isinstance(answer.body, type):
+                found.setdefault(answer.body, "serialization")
+    return list(found.items())
+
+
+def _paths() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for operation in _OPERATIONS:
+        paths.setdefault(operation.path, {})[operation.method.lower()] = _operation(operation)
     return paths
 
 
-def _get(
-    operation_id: str,
-    summary: str,
-    ok: dict[str, Any],
-    others: dict[str, Any] | None = None,
-    *,
-    parameters: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
+def _operation(declared: Operation) -> dict[str, Any]:
     operation: dict[str, Any] = {
-        "tags": ["control"],
-        "operationId": operation_id,
-        "summary": summary,
-        "responses": {"200": ok, **(others or {})},
+        "tags": [declared.tag],
+        "operationId": declared.operation_id,
+        "summary": declared.summary,
     }
-    if parameters:
-        operation["parameters"] = parameters
-    return {"get": operation}
-
-
-def _with_operation_id(item: dict[str, Any], operation_id: str) -> dict[str, Any]:
-    item = copy.deepcopy(item)
-    item["get"]["operationId"] = operation_id
-    return item
-
-
-# -- admin API ----------------------------------------------------------------------------------
-
-
-def _admin(
-    tag: str,
-    operation_id: str,
-    summary: str,
-    responses: dict[str, Any],
-    *,
-    body: dict[str, Any] | None = None,
-    parameters: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    operation: dict[str, Any] = {
-        "tags": [tag],
-        "operationId": operation_id,
-        "summary": summary,
-        "security": [{"bearerAuth": []}],
+    if declared.description:
+        operation["description"] = declared.description
+    if declared.admin:
+        operation["security"] = [{"bearerAuth": []}]
+    if declared.parameters:
+        operation["parameters"] = [_parameter(parameter) for parameter in declared.parameters]
+    errors = list(declared.errors)
+    if declared.body is not None:
+        operation["requestBody"] = _body(_schema_name(declared.body), declared.body_description)
+    elif declared.text_body:
+        text = {"type": "string", "description": "One record per line"}
+        operation["requestBody"] = {
+            "required": True,
+            "description": declared.body_description,
+            "content": {media_type: {"schema": text} for media_type in declared.text_body},
+        }
+    if declared.admin:  # the guard answers these before any handler runs
+        errors += ["Unauthorized", "AdminDisabled", "RegistryUnavailable"]
+        if declared.body is not None or declared.text_body:
+            errors += ["PayloadTooLarge", "UnsupportedMediaType"]
+    operation["responses"] = {
+        **{status: _answer(answer) for status, answer in declared.answers.items()},
+        **_errors(*errors),
     }
-    if parameters:
-        operation["parameters"] = parameters
-    if body is not None:
-        operation["requestBody"] = body
-    guard = _errors("Unauthorized", "AdminDisabled", "RegistryUnavailable")
-    if body is not None:
-        guard |= _errors("PayloadTooLarge")
-    operation["responses"] = {**responses, **guard}
     return operation
 
 
-def _admin_paths() -> dict[str, Any]:
-    name = {
-        "name": "name",
-        "in": "path",
-        "required": True,
-        "description": "Worker name (a reserved or malformed name answers 400).",
-        "schema": {"type": "string", **_worker_name_schema()},
-    }
-    domain = {
-        "name": "domain",
-        "in": "path",
-        "required": True,
-        "description": "Custom domain (case-insensitive; IDNA or Unicode).",
-        "schema": {"type": "string", "minLength": 1, **_domain_schema()},
-    }
-    worker_filter = {
-        "name": "worker",
-        "in": "query",
-        "required": False,
-        "description": "Only the domains of this worker.",
-        "schema": {"type": "string", "pattern": WORKER_NAME_PATTERN},
-    }
-    deleted = {"description": "Deleted (no body)"}
+def _schema_name(body: Body) -> str:
+    return body if isinstance(body, str) else body.__name__
+
+
+def _answer(answer: Answer) -> dict[str, Any]:
+    if answer.body is not None:
+        return _json(answer.description, _schema_name(answer.body))
+    if answer.media_type:
+        schema = {"type": answer.body_type}
+        return {
+            "description": answer.description,
+            "content": {answer.media_type: {"schema": schema}},
+        }
+    return {"description": answer.description}
+
+
+def _parameter(parameter: Parameter) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    if parameter.kind == "worker":
+        schema |= _worker_name_schema()
+    elif parameter.kind == "domain":
+        schema |= {"minLength": 1, **_domain_schema()}
     return {
-        "/admin/workers": {
-            "get": _admin(
-                "workers",
-                "listWorkers",
-                "List workers",
-                {"200": _json("Every worker, by name", "WorkerList")},
-            ),
-            "post": _admin(
-                "workers",
-                "createWorker",
-                "Register a worker",
-                {
-                    "201": _json("The stored worker", "Worker"),
-                    **_errors("InvalidRequest", "Conflict"),
-                },
-                body=_body("WorkerCreate", "The worker to register"),
-            ),
-        },
-        "/admin/workers/{name}": {
-            "parameters": [name],
-            "get": _admin(
-                "workers",
-                "getWorker",
-                "Show a worker",
-                {
-                    "200": _json("The worker", "Worker"),
-                    **_errors("InvalidRequest", "WorkerNotFound"),
-                },
-            ),
-            "put": _admin(
-                "workers",
-                "replaceWorker",
-                "Replace a worker's settings",
-                {
-                    "200": _json("The replaced worker", "Worker"),
-                    **_errors("InvalidRequest", "WorkerNotFound"),
-                },
-                body=_body("WorkerReplace", "Every setting; the name may be omitted"),
-            ),
-            "delete": _admin(
-                "workers",
-                "deleteWorker",
-                "Remove a worker and its custom domains",
-                {"204": deleted, **_errors("InvalidRequest", "WorkerNotFound")},
-            ),
-        },
-        "/admin/domains": {
-            "get": _admin(
-                "domains",
-                "listDomains",
-                "List custom domains",
-                {
-                    "200": _json("Every custom domain, by domain", "DomainList"),
-                    **_errors("InvalidRequest"),
-                },
-                parameters=[worker_filter],
-            ),
-            "post": _admin(
-                "domains",
-                "createDomain",
-                "Register a custom domain",
-                {
-                    "201": _json("The stored custom domain", "CustomDomain"),
-                    **_errors("InvalidRequest", "Conflict"),
-                },
-                body=_body("CustomDomainCreate", "The domain and its worker (which must exist)"),
-            ),
-        },
-        "/admin/domains/{domain}": {
-            "parameters": [domain],
-            "get": _admin(
-                "domains",
-                "getDomain",
-                "Show a custom domain",
-                {
-                    "200": _json("The custom domain", "CustomDomain"),
-                    **_errors("InvalidRequest", "DomainNotFound"),
-                },
-            ),
-            "patch": _admin(
-                "domains",
-                "updateDomain",
-                "Change a custom domain's status and/or worker",
-                {
-                    "200": _json("The changed custom domain", "CustomDomain"),
-                    **_errors("InvalidRequest", "DomainNotFound"),
-                },
-                body=_body("CustomDomainPatch", "The fields to change"),
-            ),
-            "delete": _admin(
-                "domains",
-                "deleteDomain",
-                "Remove a custom domain",
-                {"204": deleted, **_errors("InvalidRequest", "DomainNotFound")},
-            ),
-        },
-        "/admin/import/workers": {"post": _import("workers", "importWorkers")},
-        "/admin/import/domains": {"post": _import("domains", "importDomains")},
+        "name": parameter.name,
+        "in": parameter.location,
+        "required": parameter.required,
+        "description": parameter.description,
+        "schema": schema,
     }
-
-
-def _import(tag: str, operation_id: str) -> dict[str, Any]:
-    """A bulk import: the file as the body, one transaction (README, "Bulk import")."""
-    lines = {"type": "string", "description": "One record per line"}
-    return _admin(
-        tag,
-        operation_id,
-        f"Add many {tag} in one transaction (JSON lines or CSV; a bad line writes nothing)",
-        {
-            "201": _json("How many records were added", "Imported"),
-            **_errors("InvalidRequest", "Conflict"),
-        },
-        body={
-            "required": True,
-            "description": "JSON lines (the body of one POST per line), or CSV with a header",
-            "content": {"application/x-ndjson": {"schema": lines}, "text/csv": {"schema": lines}},
-        },
-    )

@@ -1,9 +1,9 @@
 """Pydantic models of the control plane's own JSON answers, for the OpenAPI document.
 
-They describe the bodies of ``GET /``, ``/health``, ``/health/detailed``, ``/dispatch`` and the
-error contract (DESIGN.md, "Error contract"). Pure data: the handlers build their JSON
-directly; ``dispatcher.control.openapi`` turns these models into JSON Schema, and the tests
-check the live answers against that schema.
+They describe the bodies of ``GET /``, ``/health``, ``/health/detailed``, ``/dispatch``, the
+admin API's listings and the error contract (README, "Errors"). Pure data: the handlers build
+their JSON directly; ``dispatcher.control.openapi`` turns these models into JSON Schema, and
+the tests check the live answers against that schema.
 """
 
 from __future__ import annotations
@@ -12,16 +12,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from workers_registry.models import DomainRecord, Worker
+
 __all__ = [
     "DispatchInfo",
     "DispatchRoutes",
+    "DomainList",
     "ErrorBody",
     "ErrorDetail",
     "ErrorInfo",
     "Health",
     "HealthDetailed",
+    "Imported",
     "ServiceInfo",
     "TlsPermission",
+    "WorkerList",
 ]
 
 
@@ -105,3 +110,21 @@ class ErrorBody(BaseModel):
     """Every error the dispatcher itself answers has this body."""
 
     error: ErrorInfo
+
+
+class Imported(BaseModel):
+    """The body of ``POST /admin/import/workers`` and ``POST /admin/import/domains``."""
+
+    imported: int = Field(ge=1, description="Records added, in one transaction")
+
+
+class WorkerList(BaseModel):
+    """The body of ``GET /admin/workers``."""
+
+    workers: list[Worker]
+
+
+class DomainList(BaseModel):
+    """The body of ``GET /admin/domains``."""
+
+    domains: list[DomainRecord]

@@ -2,8 +2,8 @@
 
 A response deadline or the arming of a disconnect watcher is set for every request and nearly
 always cleared long before it is due. An event-loop timer handle made and cancelled each time
-cost ten times what a dict insert and delete costs here; the price is precision: a timer fires
-up to one tick late. The tick runs only while timers are pending.
+costs far more than the dict insert and delete used here; the price is precision: a timer
+fires up to one tick late. The tick runs only while timers are pending.
 """
 
 from __future__ import annotations

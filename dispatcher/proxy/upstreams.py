@@ -1,9 +1,10 @@
 """Upstream selection: which of a worker's upstream URLs gets the next request.
 
 URLs are parsed once into ``Target`` objects (origin, base path, the ``Host`` to send) and
-cached. Workers with several upstreams are served round-robin. Passive health: a target that
-fails to connect is ejected for ``eject_seconds`` and skipped while others are available (if
-every target is ejected they are all tried anyway: better a likely failure than a sure one).
+remembered (``dispatcher.memo``). Workers with several upstreams are served round-robin.
+Passive health: a target that fails to connect is ejected for ``eject_seconds`` and skipped
+while others are available (if every target is ejected they are all tried anyway: better a
+likely failure than a sure one).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from dispatcher.errors import UpstreamConnectFailed
+from dispatcher.memo import memo
 from dispatcher.proxy.transport import Origin, RequestBody
 from workers_registry.models import Worker
 
@@ -63,7 +65,8 @@ class UpstreamSelector:
         eject_seconds: float = EJECT_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._targets: dict[str, Target] = {}
+        # URLs are parsed once; workers come and go, so the memo is bounded.
+        self._target = memo(100_000)(parse_target)
         self._next: dict[str, int] = {}
         self._ejected: dict[str, float] = {}  # url -> until
         self._eject_seconds = eject_seconds
@@ -137,11 +140,3 @@ class UpstreamSelector:
         for url in expired:
             del self._ejected[url]
         return {url: round(until - now, 3) for url, until in self._ejected.items()}
-
-    def _target(self, url: str) -> Target:
-        target = self._targets.get(url)
-        if target is None:
-            if len(self._targets) > 100_000:  # workers come and go; keep the cache bounded
-                self._targets.clear()
-            target = self._targets[url] = parse_target(url)
-        return target

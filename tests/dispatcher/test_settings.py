@@ -1,4 +1,4 @@
-"""Settings (``dispatcher.settings``): DESIGN.md, "Settings".
+"""Settings (``dispatcher.settings``): README, "Configuration".
 
 Precedence: command-line override > ``DISPATCHER_<NAME>`` env var > TOML file > default. Every
 test runs in an empty working directory with no ``DISPATCHER_*`` variable set.

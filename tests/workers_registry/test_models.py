@@ -1,4 +1,4 @@
-"""Registry models (``workers_registry.models``): DESIGN.md, "Registry" and "Contract details".
+"""Registry models (``workers_registry.models``): README, "Registering workers and domains".
 
 The models are the shapes the admin API, the CLI and the store share; names go through the one
 validator in ``dispatcher.hosts`` with the operator's reserved list from the validation context.
@@ -258,6 +258,7 @@ def test_check_upstream_url_is_idempotent(
         pytest.param("pending", False, id="pending"),
         pytest.param("verified", True, id="verified"),
         pytest.param("active", True, id="active"),
+        pytest.param("moved", False, id="moved"),
         pytest.param("failed", False, id="failed"),
     ],
 )
@@ -273,8 +274,14 @@ def test_only_verified_and_active_domains_route(status: str, routable: bool) -> 
     assert (DomainStatus(status) in ROUTABLE_STATUSES) is routable
 
 
-def test_domain_statuses_are_the_four_of_the_design() -> None:
-    assert {status.value for status in DomainStatus} == {"pending", "verified", "active", "failed"}
+def test_domain_statuses_are_the_five_of_the_design() -> None:
+    assert {status.value for status in DomainStatus} == {
+        "pending",
+        "verified",
+        "active",
+        "moved",
+        "failed",
+    }
 
 
 @pytest.mark.parametrize(

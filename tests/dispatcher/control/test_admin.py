@@ -24,6 +24,7 @@ from tests.tenant import TenantApp
 from workers_registry.migrate import upgrade_sync
 
 TOKEN = "s3cret-admin-token"
+JSON = {"content-type": "application/json"}
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 #: Every admin operation (method, path, a valid body), plus an unknown path under /admin and
@@ -315,7 +316,9 @@ def test_invalid_replacements_list_the_fields(
     api: httpx.Client, body: bytes | dict[str, Any], fields: list[str]
 ) -> None:
     stored = add_worker(api, "shop")
-    kwargs: dict[str, Any] = {"content": body} if isinstance(body, bytes) else {"json": body}
+    kwargs: dict[str, Any] = (
+        {"content": body, "headers": JSON} if isinstance(body, bytes) else {"json": body}
+    )
     assert detail_fields(api.put("/admin/workers/shop", **kwargs)) == fields
     assert api.get("/admin/workers/shop").json() == stored
 
@@ -346,7 +349,7 @@ def test_a_body_over_the_limit_is_refused(api: httpx.Client) -> None:
         + b"a" * (MAX_ADMIN_BODY_BYTES)
         + b'"}}'
     )
-    error_of(api.post("/admin/workers", content=body), 413, "payload_too_large")
+    error_of(api.post("/admin/workers", content=body, headers=JSON), 413, "payload_too_large")
 
 
 def test_unknown_methods_are_405_json(api: httpx.Client) -> None:
@@ -593,9 +596,10 @@ def test_admin_routes_are_not_served_on_tenant_hosts(
 
 def test_lone_surrogates_are_not_json_text(api: httpx.Client) -> None:
     body = b'{"name": "shop", "upstreams": ["http://a"], "tags": {"k": "\\ud800"}}'
-    assert detail_fields(api.post("/admin/workers", content=body)) == ["body"]
+    assert detail_fields(api.post("/admin/workers", content=body, headers=JSON)) == ["body"]
     paired = b'{"name": "shop", "upstreams": ["http://a"], "tags": {"k": "\\ud83d\\ude00"}}'
-    assert api.post("/admin/workers", content=paired).json()["tags"] == {"k": "\U0001f600"}
+    response = api.post("/admin/workers", content=paired, headers=JSON)
+    assert response.json()["tags"] == {"k": "\U0001f600"}
 
 
 @pytest.mark.parametrize(
@@ -613,7 +617,101 @@ def test_values_the_registry_cannot_store_are_invalid(
     assert detail_fields(api.post("/admin/workers", json=worker_body(**fields)))
 
 
+# -- hostile input (issue 13) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"[" * 50_000, id="50k-arrays"),
+        pytest.param(b'{"a":' * 50_000, id="50k-objects"),
+        pytest.param(b'{"name": "shop", "tags": ' + b"[" * 33 + b"]" * 33 + b"}", id="33-levels"),
+    ],
+)
+def test_deep_nesting_is_400_not_500(api: httpx.Client, body: bytes) -> None:
+    assert detail_fields(api.post("/admin/workers", content=body, headers=JSON)) == ["body"]
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(api: httpx.Client) -> None:
+    tags = {"k": "[" * 100 + '\\"{' * 50}
+    response = api.post(
+        "/admin/workers", json={"name": "deep", "upstreams": ["http://a"], "tags": tags}
+    )
+    assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        pytest.param(None, id="none"),
+        pytest.param("text/plain", id="text-plain"),
+        pytest.param("application/x-www-form-urlencoded", id="form"),
+        pytest.param("multipart/form-data; boundary=x", id="multipart"),
+        pytest.param("application/jsonx", id="prefix"),
+        pytest.param("application/json-patch+json", id="other-json"),
+    ],
+)
+def test_a_body_not_declared_json_is_415(api: httpx.Client, content_type: str | None) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    body = b'{"name": "shop", "upstreams": ["http://a"]}'
+    error_of(
+        api.post("/admin/workers", content=body, headers=headers), 415, "unsupported_media_type"
+    )
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "Application/JSON", "application/json; charset=utf-8"],
+)
+def test_json_with_parameters_is_accepted(api: httpx.Client, content_type: str) -> None:
+    body = b'{"name": "typed", "upstreams": ["http://a"]}'
+    response = api.post("/admin/workers", content=body, headers={"content-type": content_type})
+    assert response.status_code == 201, response.text
+    api.delete("/admin/workers/typed")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("http://169.254.169.254/", id="metadata"),
+        pytest.param("http://169.254.170.2/v2", id="ecs-metadata"),
+        pytest.param("http://[::ffff:169.254.169.254]", id="ipv4-mapped"),
+        pytest.param("http://[::ffff:a9fe:a9fe]", id="ipv4-mapped-hex"),
+        pytest.param("http://[64:ff9b::a9fe:a9fe]", id="nat64"),
+        pytest.param("http://[2002:a9fe:a9fe::1]", id="6to4"),
+        pytest.param("http://[fe80::1]", id="ipv6-link-local"),
+        pytest.param("http://[fd00:ec2::254]", id="aws-ipv6-metadata"),
+        pytest.param("http://100.100.100.200", id="alibaba-metadata"),
+        pytest.param("http://0.0.0.0:8080", id="this-network"),
+        pytest.param("http://2130706433", id="decimal-loopback"),
+        pytest.param("http://127.1", id="short-loopback"),
+        pytest.param("http://0x7f.1", id="hex-loopback"),
+        pytest.param("http://0177.0.0.1", id="octal-loopback"),
+        pytest.param("http://2852039166", id="decimal-metadata"),
+        pytest.param("http://0xa9.0xfe.0xa9.0xfe", id="hex-metadata"),
+    ],
+)
+def test_upstreams_in_denied_networks_or_odd_spellings_are_refused(
+    api: httpx.Client, url: str
+) -> None:
+    response = api.post("/admin/workers", json={"name": "probe", "upstreams": [url]})
+    assert detail_fields(response) == ["upstreams"], response.text
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8080", "http://10.0.0.5/app", "http://[::1]:9000", "http://shop.internal"],
+)
+def test_loopback_private_and_names_are_allowed_by_default(api: httpx.Client, url: str) -> None:
+    response = api.post("/admin/workers", json={"name": "fine", "upstreams": [url]})
+    assert response.status_code == 201, response.text
+    api.delete("/admin/workers/fine")
+
+
 # -- bulk import -----------------------------------------------------------------------------
+
+NDJSON = {"content-type": "application/x-ndjson"}
+CSV = {"content-type": "text/csv"}
 
 
 def test_import_adds_every_record_in_one_go(api: httpx.Client) -> None:
@@ -623,9 +721,9 @@ def test_import_adds_every_record_in_one_go(api: httpx.Client) -> None:
     )
     domains = "domain,worker,status\nshop.example.org,shop,active\nblog.example.org,blog,\n"
 
-    added = api.post("/admin/import/workers", content=workers)
+    added = api.post("/admin/import/workers", content=workers, headers=NDJSON)
     assert (added.status_code, added.json()) == (201, {"imported": 2})
-    added = api.post("/admin/import/domains", content=domains, headers={"content-type": "text/csv"})
+    added = api.post("/admin/import/domains", content=domains, headers=CSV)
     assert (added.status_code, added.json()) == (201, {"imported": 2})
 
     listed = api.get("/admin/domains").json()["domains"]
@@ -633,6 +731,8 @@ def test_import_adds_every_record_in_one_go(api: httpx.Client) -> None:
         ("blog.example.org", "blog", "pending"),
         ("shop.example.org", "shop", "active"),
     ]
+    # A pending domain imported gets its verification record, as one added alone does.
+    assert listed[0]["verification"]["txt_value"]
 
 
 def test_an_import_with_a_bad_line_writes_nothing_and_names_the_line(api: httpx.Client) -> None:
@@ -646,14 +746,28 @@ def test_an_import_with_a_bad_line_writes_nothing_and_names_the_line(api: httpx.
         ]
     )
 
-    error = error_of(api.post("/admin/import/domains", content=body), 400, "invalid_request")
+    post = api.post("/admin/import/domains", content=body, headers=NDJSON)
+    error = error_of(post, 400, "invalid_request")
     assert [detail["field"] for detail in error["details"]] == ["line 3"]
     assert api.get("/admin/domains").json()["domains"] == []
 
     # Valid lines, but one names a worker that does not exist: refused in the transaction.
     body = body.replace(', "status": "live"', "")
-    error = error_of(api.post("/admin/import/domains", content=body), 400, "invalid_request")
+    post = api.post("/admin/import/domains", content=body, headers=NDJSON)
+    error = error_of(post, 400, "invalid_request")
     assert error["details"] == [{"field": "line 4", "message": "worker 'ghost' does not exist"}]
+    assert api.get("/admin/domains").json()["domains"] == []
+
+
+def test_an_import_refuses_a_domain_that_could_never_route(api: httpx.Client) -> None:
+    add_worker(api)
+    body = (
+        '{"domain": "a.example.org", "worker": "shop"}\n{"domain": "localhost", "worker": "shop"}'
+    )
+
+    post = api.post("/admin/import/domains", content=body, headers=NDJSON)
+
+    assert [d["field"] for d in error_of(post, 400, "invalid_request")["details"]] == ["line 2"]
     assert api.get("/admin/domains").json()["domains"] == []
 
 
@@ -663,7 +777,16 @@ def test_an_import_of_an_existing_key_is_a_conflict_naming_the_line(api: httpx.C
         '{"name": "shop", "upstreams": ["http://a"]}\n{"name": "blog", "upstreams": ["http://a"]}'
     )
 
-    error = error_of(api.post("/admin/import/workers", content=body), 409, "conflict")
+    error = error_of(
+        api.post("/admin/import/workers", content=body, headers=NDJSON), 409, "conflict"
+    )
 
     assert error["details"] == [{"field": "line 2", "message": "worker 'blog' already exists"}]
     assert [w["name"] for w in api.get("/admin/workers").json()["workers"]] == ["blog"]
+
+
+def test_an_import_must_say_what_it_is(api: httpx.Client) -> None:
+    body = '{"name": "shop", "upstreams": ["http://a"]}'
+    for headers in ({}, {"content-type": "text/plain"}, {"content-type": "application/json"}):
+        post = api.post("/admin/import/workers", content=body, headers=headers)
+        error_of(post, 415, "unsupported_media_type")
