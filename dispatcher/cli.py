@@ -18,12 +18,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
 from pydantic import ValidationError
 
 from dispatcher import __version__
 from dispatcher.errors import DispatcherError
 from dispatcher.hosts import normalize_host
-from dispatcher.onboarding import DomainVerifier, check_placement, domain_records
+from dispatcher.onboarding import (
+    DomainVerifier,
+    check_placement,
+    domain_records,
+    log_operator_status,
+)
 from dispatcher.routing import UNAVAILABLE, DomainAnswer, Route, RoutingTable, resolve
 from dispatcher.settings import ConfigError, Settings, load_settings
 from workers_registry.bulk import ImportFormat, parse_domains, parse_workers
@@ -39,6 +45,18 @@ from workers_registry.models import (
 from workers_registry.store import RegistryStore
 
 __all__ = ["main"]
+
+
+class _StderrLogger:
+    """A structlog logger writing each line to whatever ``sys.stderr`` is at the time."""
+
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = failure = msg
 
 
 class CommandError(Exception):
@@ -92,6 +110,11 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--max-body-bytes", type=int)
     add.add_argument("--upstream-timeout", type=float)
     add.add_argument("--max-concurrency", type=int)
+    add.add_argument("--rate-limit", type=float, metavar="N", help="requests per second")
+    add.add_argument("--rate-burst", type=int, metavar="N", help="requests at once above it")
+    add.add_argument(
+        "--client-rate-limit", type=float, metavar="N", help="requests per second per client IP"
+    )
     add.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
     add.set_defaults(handler=_registry(_workers_add))
     listing = workers.add_parser("list", help="list workers")
@@ -271,6 +294,10 @@ RegistryCommand = Callable[[RegistryStore, Settings, argparse.Namespace], Awaita
 
 def _registry(command: RegistryCommand) -> Callable[[Settings, argparse.Namespace], int]:
     def run(settings: Settings, args: argparse.Namespace) -> int:
+        # Log lines (a status change found by `domains verify`, say) go to stderr: stdout is
+        # the command's answer, JSON with --json.
+        structlog.configure(logger_factory=_StderrLogger)
+
         async def go() -> int:
             await upgrade(settings.async_database_url)
             store = RegistryStore.from_url(settings.async_database_url)
@@ -313,6 +340,9 @@ async def _workers_add(store: RegistryStore, settings: Settings, args: argparse.
             "max_body_bytes": args.max_body_bytes,
             "upstream_timeout": args.upstream_timeout,
             "max_concurrency": args.max_concurrency,
+            "rate_limit": args.rate_limit,
+            "rate_burst": args.rate_burst,
+            "client_rate_limit": args.client_rate_limit,
             "tags": tags,
         },
         settings,
@@ -489,6 +519,7 @@ async def _domains_set_status(
 ) -> int:
     domain = _domain_arg(args.domain)
     updated = await store.set_domain_status(domain, DomainStatus(args.status))
+    log_operator_status(updated, "CLI")
     print(f"domain {updated.domain} is now {updated.status.value}")
     return 0
 

@@ -23,9 +23,11 @@ boundary each and chained with ``from exc``; their text never reaches a client.
     │   ├── Conflict                     conflict 409
     │   ├── PayloadTooLarge              payload_too_large 413
     │   ├── UnsupportedMediaType         unsupported_media_type 415
+    │   ├── RateLimited                  rate_limited 429
     │   ├── HeadersTooLarge              headers_too_large 431
     │   └── LoopDetected                 loop_detected 508
     ├── RegistryUnavailable              registry_unavailable 503
+    ├── RateLimitUnavailable             rate_limit_unavailable 503
     ├── WorkerOverloaded                 worker_overloaded 503
     └── UpstreamError
         ├── UpstreamUnavailable          upstream_unavailable 502
@@ -51,6 +53,8 @@ __all__ = [
     "MissingWorker",
     "NotFound",
     "PayloadTooLarge",
+    "RateLimitUnavailable",
+    "RateLimited",
     "RegistryUnavailable",
     "RequestRejected",
     "RequestTimeout",
@@ -200,6 +204,12 @@ class UnsupportedMediaType(RequestRejected):
     default_message = "The request body must be application/json"
 
 
+class RateLimited(RequestRejected):
+    code = "rate_limited"
+    status = 429
+    default_message = "Too many requests"
+
+
 class HeadersTooLarge(RequestRejected):
     code = "headers_too_large"
     status = 431
@@ -216,6 +226,12 @@ class RegistryUnavailable(DispatcherError):
     code = "registry_unavailable"
     status = 503
     default_message = "The worker registry is unavailable"
+
+
+class RateLimitUnavailable(DispatcherError):
+    code = "rate_limit_unavailable"
+    status = 503
+    default_message = "The rate limiter cannot answer; try again shortly"
 
 
 class WorkerOverloaded(DispatcherError):

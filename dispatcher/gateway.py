@@ -56,6 +56,7 @@ class Gateway:
         self.websockets = websockets
         self.control = control
         self.metrics = state.metrics
+        self.limiter = state.limiter
         self._route = state.route
         self._access = access_logger()
         # The access line is written at info: below that level, skip building it at all.
@@ -90,6 +91,10 @@ class Gateway:
             if route is None:
                 await self._control(scope, receive, send, exchange)
             else:
+                worker = route.worker
+                # Two field reads and no call: a worker without limits pays nothing more.
+                if worker.rate_limit is not None or worker.client_rate_limit is not None:
+                    await self.limiter.admit(scope, route, exchange)
                 await self.forwarder.forward(scope, receive, send, route, exchange)
         except DispatcherError as exc:
             await self._fail(scope, send, exc, exchange)
@@ -108,6 +113,9 @@ class Gateway:
             route = await self._route_scope(scope, host_header, "GET")
             if route is None:
                 raise NotFound("WebSockets are only forwarded to workers")
+            worker = route.worker
+            if worker.rate_limit is not None or worker.client_rate_limit is not None:
+                await self.limiter.admit(scope, route, exchange)  # a handshake is a request
             await self.websockets.forward(scope, receive, send, route, exchange)
         except DispatcherError as exc:
             await self._deny(scope, send, exc, exchange)

@@ -218,8 +218,9 @@ def resolve_tenant(
 ) -> Route:
     """Route a request on a tenant host (custom domain, then wildcard subdomain)."""
     path = raw_path or b"/"
-    if b"%" in path or b"/." in path or b"\\." in path:  # else no segment can be a dot one
-        _reject_dot_segments(path)
+    text = path.decode("latin-1")
+    if "%" in text or "/." in text or "\\." in text:  # else no segment can be a dot one
+        _reject_dot_segments(text)
     if isinstance(domain, CustomDomain) and domain.routable:
         return Route(table.worker(domain.worker), RouteKind.CUSTOM_DOMAIN, path, query)
     worker = table.subdomain_worker(host)
@@ -251,8 +252,9 @@ def _path_route(rest: bytes, query: bytes, table: RoutingTable, prefix: str) -> 
     end = rest.find(b"/", 1)
     segment, upstream_path = (rest[1:], b"/") if end == -1 else (rest[1:end], rest[end:])
     name = validate_worker_name(_decode_segment(segment), table.reserved)
-    if b"%" in upstream_path or b"/." in upstream_path or b"\\." in upstream_path:
-        _reject_dot_segments(upstream_path)
+    text = upstream_path.decode("latin-1")
+    if "%" in text or "/." in text or "\\." in text:
+        _reject_dot_segments(text)
     return Route(table.worker(name), RouteKind.PATH, upstream_path, query, f"{prefix}/{name}")
 
 
@@ -297,7 +299,7 @@ _SEPARATORS: Final = re.compile(r"[/\\]")
 _DECODE_ROUNDS: Final = 3  # ``%252e`` is ``.`` to an upstream that decodes twice
 
 
-def _reject_dot_segments(path: bytes) -> None:
+def _reject_dot_segments(text: str) -> None:
     """Refuse a path that any upstream could read as containing a dot segment.
 
     The upstream resolves ``..`` against its own base path (RFC 3986 section 5.2.4), so a
@@ -306,9 +308,11 @@ def _reject_dot_segments(path: bytes) -> None:
     reads a path; refusing does not: a segment that, once percent-decoded (repeatedly), cut
     at ``;`` and split on ``/`` or ``\\`` too, is ``.`` or ``..`` (trailing blanks and NULs
     ignored) is 400 on every route kind. Browsers never send one (they resolve dot segments
-    before sending), so only hand-made requests meet this.
+    before sending), so only hand-made requests meet this. ``text`` is the raw path decoded
+    as latin-1; the callers look for a ``%``, ``/.`` or ``\\.`` in it first (as ``str``: on
+    bytes, ``in`` costs an exception raised and cleared in CPython 3.11), since without one no
+    segment can be a dot segment.
     """
-    text = path.decode("latin-1")
     for _ in range(_DECODE_ROUNDS):
         if "%" not in text:
             break

@@ -37,6 +37,9 @@ DEFAULT_CONFIG_FILE = Path("config/dispatcher.toml")
 
 _config_file: ContextVar[Path | None] = ContextVar("dispatcher_config_file", default=None)
 
+#: Settings whose values are never repeated in an error message.
+_SECRET_SETTINGS = frozenset({"admin_token", "rate_limit_url"})
+
 StrList = Annotated[tuple[str, ...], NoDecode]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -92,6 +95,9 @@ class Settings(BaseSettings):
     dns_timeout: float = Field(5.0, gt=0)
     metrics_per_worker: bool = False
     loop_lag_probe: bool = False
+    rate_limit_url: SecretStr | None = None
+    rate_limit_timeout: float = Field(0.05, gt=0, le=10)
+    rate_limit_fail_open: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
     keepalive_timeout: float = Field(75.0, gt=0)
@@ -181,12 +187,22 @@ class Settings(BaseSettings):
                 raise ValueError(f"{item!r} is not an IP address or CIDR network") from exc
         return value
 
-    @field_validator("admin_token", mode="before")
+    @field_validator("admin_token", "rate_limit_url", mode="before")
     @classmethod
     def _blank_token_is_unset(cls, value: Any) -> Any:
         # Compose files write an unset variable as empty: that must not enable the admin API.
         if isinstance(value, str) and not value.strip():
             return None
+        return value
+
+    @field_validator("rate_limit_url")
+    @classmethod
+    def _check_rate_limit_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            scheme = value.get_secret_value().split("://", 1)[0].lower()
+            if scheme not in {"redis", "rediss", "unix"}:
+                # The message never repeats the URL: it may hold a password.
+                raise ValueError("use redis://[:PASSWORD@]HOST[:PORT][/DB], rediss:// or unix://")
         return value
 
     @field_validator("database_url")
@@ -303,7 +319,10 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
             where = f" in {path}" if path else ""
             problems.append(f"unknown setting {key!r}{where}")
             continue
-        value = error.get("input")
         message = error["msg"].removeprefix("Value error, ")
+        if key in _SECRET_SETTINGS:  # the value may hold a password: never echo it
+            problems.append(f"invalid setting {key!r}: {message}")
+            continue
+        value = error.get("input")
         problems.append(f"invalid setting {key!r} = {value!r}: {message}")
     return "; ".join(problems)

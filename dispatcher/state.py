@@ -30,6 +30,7 @@ from dispatcher.metrics import LoopLagProbe, Metrics, StateReading
 from dispatcher.onboarding import DomainVerifier, OnboardingMetrics
 from dispatcher.proxy.transport import UpstreamTransport
 from dispatcher.proxy.upstreams import UpstreamSelector
+from dispatcher.ratelimit import RateLimiter
 from dispatcher.routing import DomainAnswer, Route, RoutingTable, resolve
 from dispatcher.settings import Settings
 from workers_registry.changes import PostgresListener, RegistryFollower, RegistrySnapshot
@@ -66,6 +67,8 @@ class DispatcherState:
         if settings.loop_lag_probe:
             self.loop_lag = LoopLagProbe()
             self.metrics.registry.register(self.loop_lag)
+        self.limiter = RateLimiter(settings)
+        self.metrics.registry.register(self.limiter)
         self.onboarding_metrics = OnboardingMetrics()
         self.metrics.registry.register(self.onboarding_metrics)
         self.domain_verifier: DomainVerifier | None = None
@@ -180,6 +183,10 @@ class DispatcherState:
             "hit_ratio": round(domains.hit_ratio, 4),
         }
         checks["upstreams"] = {"ejected": self.selector.ejected()}
+        # Reported, not judged: every replica shares the one Redis, so taking replicas out of
+        # rotation for it would not help; rate_limit_fail_open decides what requests see.
+        await self.limiter.probe()
+        checks["rate_limit"] = self.limiter.state()
         if self.listener is not None:
             checks["listener"] = {"connected": self.listener.connected}
             ok = ok and self.listener.connected
@@ -267,12 +274,14 @@ class DispatcherState:
         if self.follower is not None:
             await self.follower.aclose()
         await self.transport.aclose()
+        await self.limiter.aclose()
         if self.store is not None:
             await self.store.aclose()
 
     def _apply_snapshot(self, snapshot: RegistrySnapshot) -> None:
         """A full load: a new table swapped in whole (the follower refreshes cached hosts)."""
         self.table = self._table(snapshot)
+        self.limiter.forget()
         if self.freeze_loaded:
             # 100,000 workers are a million long-lived objects: a full collection walking
             # them holds the loop for hundreds of ms. The old table is still freed (by
@@ -280,9 +289,11 @@ class DispatcherState:
             gc.freeze()
 
     def _apply_worker(self, name: str, worker: Worker | None) -> None:
-        """One worker changed: the table's entry and that worker's upstream state only."""
+        """One worker changed: the table's entry and that worker's upstream and rate-limit
+        state only."""
         old = self.table.workers.get(name)
         self.table.put_worker(name, worker)
+        self.limiter.forget(name)
         if old is not None:
             self.selector.forget(old, worker)
 

@@ -9,4 +9,4 @@ import os
 
 os.environ.setdefault("DISPATCHER_DNS_RESOLVERS", "127.0.0.1:9")
 
-pytest_plugins = ["tests.postgres"]
+pytest_plugins = ["tests.postgres", "tests.redis"]

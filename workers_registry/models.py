@@ -60,6 +60,8 @@ ROUTABLE_STATUSES = frozenset({DomainStatus.VERIFIED, DomainStatus.ACTIVE})
 # The registry's columns: INTEGER and BIGINT on both databases; text without NUL characters.
 PositiveInt = Annotated[int, Field(ge=1, le=2**31 - 1)]
 ByteCount = Annotated[int, Field(ge=0, le=2**63 - 1)]
+#: Requests per second: fractions allowed (0.5 = one request every two seconds).
+RequestRate = Annotated[float, Field(gt=0, le=1_000_000)]
 Text = Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f]*$", max_length=1024)]
 
 
@@ -151,6 +153,9 @@ class WorkerSpec(BaseModel):
     max_body_bytes: ByteCount | None = None
     upstream_timeout: Annotated[float, Field(gt=0, le=86_400)] | None = None
     max_concurrency: PositiveInt | None = None
+    rate_limit: RequestRate | None = None
+    rate_burst: PositiveInt | None = None
+    client_rate_limit: RequestRate | None = None
     tags: dict[Text, Text] = Field(default_factory=dict, max_length=64)
 
     @field_validator("upstreams")
@@ -165,6 +170,14 @@ class WorkerSpec(BaseModel):
             for url in urls:
                 networks.check_host(urlsplit(url).hostname or "")
         return urls
+
+    @field_validator("rate_burst")
+    @classmethod
+    def _check_burst(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # Fields are validated in order: rate_limit (if valid) is in info.data by now.
+        if value is not None and info.data.get("rate_limit") is None:
+            raise ValueError("rate_burst needs rate_limit (it is the burst of that limit)")
+        return value
 
 
 class WorkerCreate(WorkerSpec):

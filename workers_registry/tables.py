@@ -103,6 +103,9 @@ workers = sa.Table(
     sa.Column("max_concurrency", sa.Integer(), nullable=True),
     sa.Column("tags", _JSON, nullable=False, server_default=sa.text("'{}'")),
     *_timestamps(),
+    sa.Column("rate_limit", sa.Float(), nullable=True),
+    sa.Column("rate_burst", sa.Integer(), nullable=True),
+    sa.Column("client_rate_limit", sa.Float(), nullable=True),
 )
 
 custom_domains = sa.Table(

@@ -59,7 +59,12 @@ from dispatcher.errors import (
     WorkerNotFound,
 )
 from dispatcher.hosts import normalize_domain
-from dispatcher.onboarding import DomainVerifier, check_placement, domain_records
+from dispatcher.onboarding import (
+    DomainVerifier,
+    check_placement,
+    domain_records,
+    log_operator_status,
+)
 from dispatcher.settings import Settings
 from workers_registry.bulk import ImportFormat, parse_domains, parse_workers
 from workers_registry.models import (
@@ -224,6 +229,7 @@ def admin_routes(
         patch = _validate(CustomDomainPatch, await _read_json(request), context)
         domain = await store().update_domain(key, patch)
         if patch.status is not None:
+            log_operator_status(domain, "admin API")
             verifier().wake()
         return _json(await record(domain))
 

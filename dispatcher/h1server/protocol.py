@@ -235,7 +235,9 @@ class H1Protocol(asyncio.Protocol):
         self._headers = []
         version = parser.get_http_version()
         url = self._url
-        if url[:1] == b"/" and b"#" not in url:
+        # find, not "in": in CPython 3.11 "in" on bytes first tries its operand as an integer,
+        # raising and clearing a TypeError on every request.
+        if url[:1] == b"/" and url.find(b"#") < 0:
             raw_path, _, query = url.partition(b"?")
         else:
             parsed = httptools.parse_url(url)
@@ -243,17 +245,11 @@ class H1Protocol(asyncio.Protocol):
             if parsed.host:
                 # RFC 9112 section 3.2.2: the authority of an absolute-form target is the
                 # request's host; the Host header is replaced by it.
-                authority = (
-                    parsed.host
-                    if parsed.port is None
-                    else b"%s:%d"
-                    % (
-                        parsed.host,
-                        parsed.port,
-                    )
-                )
                 if b"@" in url.partition(b"//")[2].partition(b"/")[0]:
                     raise _InvalidTarget  # userinfo in a request target: never legitimate
+                authority = parsed.host
+                if parsed.port is not None:
+                    authority += b":%d" % parsed.port
                 headers = [(n, v) for n, v in headers if n != b"host"]
                 headers.append((b"host", authority))
         path = raw_path.decode("ascii")

@@ -11,7 +11,12 @@ The registry package stores what this package decides; nothing here is on the re
 
 from dispatcher.onboarding.policy import check_placement, domain_record
 from dispatcher.onboarding.records import domain_records
-from dispatcher.onboarding.verifier import CheckReport, DomainVerifier, OnboardingMetrics
+from dispatcher.onboarding.verifier import (
+    CheckReport,
+    DomainVerifier,
+    OnboardingMetrics,
+    log_operator_status,
+)
 
 __all__ = [
     "CheckReport",
@@ -20,4 +25,5 @@ __all__ = [
     "check_placement",
     "domain_record",
     "domain_records",
+    "log_operator_status",
 ]

@@ -39,7 +39,7 @@ from dispatcher.settings import Settings
 from workers_registry.models import CustomDomain, DomainCheck, DomainStatus
 from workers_registry.store import RegistryStore
 
-__all__ = ["CheckReport", "DomainVerifier", "OnboardingMetrics"]
+__all__ = ["CheckReport", "DomainVerifier", "OnboardingMetrics", "log_operator_status"]
 
 _log = structlog.get_logger("dispatcher.onboarding")
 
@@ -110,26 +110,33 @@ class _PostgresLeadership:
         self._dsn = url.render_as_string(hide_password=False)
         self._timeout = connect_timeout
         self._connection: Any = None
+        self._held = False
 
     async def acquire(self) -> bool:
-        """True while this process holds the lock (checked on every call)."""
+        """True while this process holds the lock (checked on every call).
+
+        The connection stays open while another process leads, so trying again costs one
+        query, not a new connection.
+        """
         try:
-            if self._connection is not None and not self._connection.is_closed():
+            if self._connection is None or self._connection.is_closed():
+                self._held = False
+                self._connection = await asyncpg.connect(self._dsn, timeout=self._timeout)
+            if self._held:
                 await self._connection.fetchval("SELECT 1", timeout=self._timeout)
                 return True
-            await self.release()
-            self._connection = await asyncpg.connect(self._dsn, timeout=self._timeout)
-            held = await self._connection.fetchval(
-                "SELECT pg_try_advisory_lock($1)", _LEADER_LOCK_KEY, timeout=self._timeout
+            self._held = bool(
+                await self._connection.fetchval(
+                    "SELECT pg_try_advisory_lock($1)", _LEADER_LOCK_KEY, timeout=self._timeout
+                )
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             await self.release()
             return False
-        if not held:
-            await self.release()
-        return bool(held)
+        return self._held
 
     async def release(self) -> None:
+        self._held = False
         connection, self._connection = self._connection, None
         if connection is not None:
             with contextlib.suppress(Exception):
@@ -299,6 +306,18 @@ class DomainVerifier:
                 on_demand=on_demand,
             )
         return CheckReport(written, plan.result, plan.reason, domain.status)
+
+
+def log_operator_status(domain: CustomDomain, via: str) -> None:
+    """The status-change line for a status an operator set (``via``: the admin API, the CLI)."""
+    _log.info(
+        "domain_status_changed",
+        domain=domain.domain,
+        worker=domain.worker,
+        status=domain.status.value,
+        reason=f"set by the operator ({via})",
+        on_demand=True,
+    )
 
 
 def _changes(plan: Plan) -> dict[str, Any]:

@@ -114,11 +114,11 @@ class H1Exchange:
         if self._state != _HEAD:
             return
         status = self._parser.get_status_code()
-        if status < 100 or status > 599 or status == 101:
-            # Outside RFC 9110's range, or switching protocols on a request that never asked
-            # to (WebSockets have their own client): not a response we can relay.
-            raise _BadStatus
-        if status < 200:
+        if status < 200 or status > 599:
+            if status < 100 or status > 599 or status == 101:
+                # Outside RFC 9110's range, or switching protocols on a request that never
+                # asked to (WebSockets have their own client): not a response to relay.
+                raise _BadStatus
             # Interim (100 Continue, 103 Early Hints): the final response follows.
             self._interim = True
             self.headers = []
@@ -128,8 +128,6 @@ class H1Exchange:
         self._cancel_timer()
         if self._head_only or status in (204, 304):
             self._finish(self._parser.should_keep_alive())
-        elif status == 101:
-            self._finish(False)  # the connection now speaks another protocol
         wake(self._waiter)
 
     def on_body(self, body: bytes) -> None:

@@ -1089,3 +1089,27 @@ def test_a_body_deadline_shorter_than_the_head_deadline_is_kept(app: App) -> Non
     ):
         peer.send(post_head("/echo", b"Content-Length: 10") + b"abc")
         assert peer.read_response().status == 408
+
+
+def test_the_body_deadline_waits_while_the_client_waits_for_100_continue(
+    app: App, timed: ThreadedServer
+) -> None:
+    # The client may not send the body before "100 Continue", which goes out only when the
+    # application reads: until then the silence is the server's, not the client's.
+    key = new_key()
+    try:
+        with Peer(timed.port) as peer:
+            head = post_head(
+                f"/gated-echo?key={key}", b"Content-Length: 5", b"Expect: 100-continue"
+            )
+            peer.send(head)
+            wait_until(lambda: key in app.reached, what="the application to start")
+            time.sleep(LIMITS.request_body_timeout * 3)  # the application is slow: not a sync
+            peer.assert_quiet()
+            app.release(timed, key)
+            assert peer.read_until(b"\r\n\r\n", "100 Continue") == b"HTTP/1.1 100 Continue\r\n\r\n"
+            peer.send(b"hello")
+            response = peer.read_response()
+            assert (response.status, response.body) == (200, b"hello")
+    finally:
+        app.release(timed, key)

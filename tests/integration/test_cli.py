@@ -40,6 +40,7 @@ def test_workers_add_list_show_remove(registry: str, capsys: pytest.CaptureFixtu
         "--upstream", "https://10.0.0.5",
         "--preserve-host", "--disabled", "--max-body-bytes", "1000",
         "--upstream-timeout", "2.5", "--max-concurrency", "7",
+        "--rate-limit", "50", "--rate-burst", "80", "--client-rate-limit", "0.5",
         "--tag", "team=web", "--tag", "tier=gold",
     )  # fmt: skip
     assert code == 0, out
@@ -54,6 +55,11 @@ def test_workers_add_list_show_remove(registry: str, capsys: pytest.CaptureFixtu
     assert worker["max_body_bytes"] == 1000
     assert worker["upstream_timeout"] == 2.5
     assert worker["max_concurrency"] == 7
+    assert (worker["rate_limit"], worker["rate_burst"], worker["client_rate_limit"]) == (
+        50,
+        80,
+        0.5,
+    )
     assert worker["tags"] == {"team": "web", "tier": "gold"}
 
     code, out, _ = run(capsys, "workers", "list")
@@ -61,6 +67,9 @@ def test_workers_add_list_show_remove(registry: str, capsys: pytest.CaptureFixtu
 
     code, out, _ = run(capsys, "workers", "show", "shop", "--json")
     assert code == 0 and json.loads(out)["name"] == "shop"
+    code, out, _ = run(capsys, "workers", "show", "shop")
+    assert code == 0
+    assert {"rate_limit: 50.0", "rate_burst: 80", "client_rate_limit: 0.5"} <= set(out.splitlines())
 
     assert run(capsys, "workers", "remove", "shop")[0] == 0
     code, _, err = run(capsys, "workers", "show", "shop")

@@ -25,7 +25,9 @@ Classes (issue 13), each with variants beyond the first example found:
    worker's base path or a path route's prefix;
 7. ``Set-Cookie`` stays with its tenant: a ``Domain`` covering a base domain is dropped, and on
    path and query routes ``Path`` goes under ``/dispatch/<worker>``;
-8. upstreams in denied networks are never connected to, however their name resolves;
+8. the admin API reads only ``application/json`` bodies (415), refuses deep nesting (400, not a
+   500), and never registers an upstream in a denied network, in whatever spelling (400);
+   upstreams in denied networks are never connected to, however their name resolves;
 9. headers claiming earlier hops (``X-Real-IP``, ``True-Client-IP``, ``X-Original-URL``...) are
    dropped; a 101 or a status outside 100-599 from an upstream is 502.
 
@@ -681,6 +683,65 @@ def test_any_request_head_reaches_the_upstream_well_framed_once_or_not_at_all(
     assert len(new) <= 1, new
     for received in new:
         _passed_the_policy(received, upstream)
+
+
+# -- 8. the admin API, and upstream networks ---------------------------------------------------
+
+
+def admin_post(body: bytes, content_type: bytes = b"application/json") -> bytes:
+    return (
+        post(
+            b"127.0.0.1",
+            b"Authorization: Bearer admin-token",
+            b"Content-Type: " + content_type,
+            b"Content-Length: %d" % len(body),
+            path=b"/admin/workers",
+        )
+        + body
+    )
+
+
+@pytest.mark.parametrize(
+    "data, status, code",
+    [
+        pytest.param(admin_post(b"[" * 50_000), 400, "invalid_request", id="50k-nesting"),
+        pytest.param(
+            admin_post(b'{"name": "x", "upstreams": ["http://a"]}', b"text/plain"),
+            415,
+            "unsupported_media_type",
+            id="text-plain",
+        ),
+        pytest.param(
+            admin_post(
+                b'{"name": "x", "upstreams": ["http://a"]}', b"application/x-www-form-urlencoded"
+            ),
+            415,
+            "unsupported_media_type",
+            id="form",
+        ),
+        pytest.param(
+            admin_post(b'{"name": "x", "upstreams": ["http://169.254.169.254/"]}'),
+            400,
+            "invalid_request",
+            id="metadata-upstream",
+        ),
+        pytest.param(
+            admin_post(b'{"name": "x", "upstreams": ["http://[::ffff:169.254.169.254]"]}'),
+            400,
+            "invalid_request",
+            id="mapped-metadata-upstream",
+        ),
+        pytest.param(
+            admin_post(b'{"name": "x", "upstreams": ["http://2130706433"]}'),
+            400,
+            "invalid_request",
+            id="decimal-ipv4-upstream",
+        ),
+    ],
+)
+def test_hostile_admin_input_is_refused(rig: Rig, data: bytes, status: int, code: str) -> None:
+    answer = ask(rig, data)
+    assert (answer.status, answer.code) == (status, code)
 
 
 # -- 8. upstream networks, at connect time ------------------------------------------------------

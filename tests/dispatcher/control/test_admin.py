@@ -193,6 +193,9 @@ def test_worker_lifecycle(api: httpx.Client) -> None:
         max_body_bytes=1000,
         upstream_timeout=2.5,
         max_concurrency=8,
+        rate_limit=100,
+        rate_burst=150,
+        client_rate_limit=2.5,
         tags={"team": "web"},
     )
     created = api.post("/admin/workers", json=body)
@@ -215,6 +218,7 @@ def test_worker_lifecycle(api: httpx.Client) -> None:
     assert after["upstreams"] == ["http://10.0.0.7"]
     # PUT replaces: what the body leaves out goes back to its default.
     assert after["max_concurrency"] is None and after["tags"] == {}
+    assert after["rate_limit"] is None and after["client_rate_limit"] is None
     assert after["preserve_host"] is False
     assert after["created_at"] == stored["created_at"]
     assert after["updated_at"] >= stored["updated_at"]
@@ -279,6 +283,8 @@ def test_put_cannot_rename_a_worker(api: httpx.Client) -> None:
         pytest.param(worker_body("billing"), ["name"], id="reserved-configured"),
         pytest.param(worker_body("\u212aelvin"), ["name"], id="kelvin-sign"),
         pytest.param(worker_body(max_concurrency=0), ["max_concurrency"], id="zero-concurrency"),
+        pytest.param(worker_body(rate_limit=0), ["rate_limit"], id="zero-rate"),
+        pytest.param(worker_body(rate_burst=10), ["rate_burst"], id="burst-without-rate"),
         pytest.param(worker_body(max_body_bytes=-1), ["max_body_bytes"], id="negative-limit"),
         pytest.param(worker_body(upstream_timeout=0), ["upstream_timeout"], id="zero-timeout"),
         pytest.param(worker_body(enabled="maybe"), ["enabled"], id="not-a-bool"),

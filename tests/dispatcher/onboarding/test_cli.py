@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from dispatcher.cli import main
+from tests.dnsserver import DnsServer
 
 
 @pytest.fixture
@@ -67,3 +68,30 @@ def test_domains_verify_checks_now_and_prints_the_result(
     assert body["status"] == "pending"
     code, _, err = run(capsys, "domains", "verify", "nothere.customer.org")
     assert code == 1 and "not registered" in err
+
+
+@pytest.mark.usefixtures("cli_env")
+def test_domains_verify_json_is_the_whole_stdout_when_the_status_changes(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(capsys, "workers", "add", "shop", "--upstream", "http://127.0.0.1:1")
+    run(capsys, "domains", "add", "shop.customer.org", "--worker", "shop")
+    shown = json.loads(run(capsys, "domains", "show", "shop.customer.org", "--json")[1])
+    with DnsServer() as dns:
+        monkeypatch.setenv("DISPATCHER_DNS_RESOLVERS", dns.address)
+        dns.set(
+            {
+                "_dispatcher-challenge.shop.customer.org": {
+                    "TXT": [shown["verification"]["txt_value"]]
+                },
+                "shop.customer.org": {"CNAME": "shop.example.com"},
+            }
+        )
+        code, out, err = run(capsys, "domains", "verify", "shop.customer.org", "--json")
+    assert code == 0
+    body = json.loads(out)  # nothing but the answer on stdout
+    assert (body["check"]["result"], body["status"]) == ("active", "active")
+    assert "domain_status_changed" in err  # the log line, on stderr
+    code, out, err = run(capsys, "domains", "set-status", "shop.customer.org", "pending")
+    assert out == "domain shop.customer.org is now pending\n"
+    assert "set by the operator (CLI)" in err
