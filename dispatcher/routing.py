@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Final
@@ -103,22 +103,25 @@ _INFO_METHODS: Final = frozenset({"GET", "HEAD"})
 
 @dataclass(frozen=True, slots=True)
 class RoutingTable:
-    """The data routing needs: configuration plus the worker snapshot.
+    """The data routing needs: configuration plus every worker.
 
-    Rebuilt (cheaply) whenever the registry snapshot changes; never mutated.
+    Built whole at a full load of the registry; after that, ``put_worker`` changes one worker
+    at a time (the registry's change log). Nothing remembered depends on a worker: the memo
+    holds what a host's label says (a worker name or a refusal), and the worker is looked up
+    at each request, so a change to one worker touches no other entry.
     """
 
     base_domains: tuple[str, ...]
     control_hosts: frozenset[str]
     reserved: frozenset[str]
-    workers: Mapping[str, Worker]
-    # What ``subdomain_worker`` answered per host: a worker, None, or the error to raise.
-    _subdomains: Memo[[str], Worker | RoutingError | None] = field(
+    workers: dict[str, Worker]
+    # What a host's label names: a valid worker name, None (no subdomain), or the error.
+    _subdomains: Memo[[str], str | RoutingError | None] = field(
         init=False, compare=False, repr=False
     )
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_subdomains", memo(_MEMO_SIZE)(self._subdomain_answer))
+        object.__setattr__(self, "_subdomains", memo(_MEMO_SIZE)(self._subdomain_name))
 
     @classmethod
     def build(
@@ -155,23 +158,33 @@ class RoutingTable:
         """The worker that ``host``, one label under a base domain, names.
 
         ``None`` when ``host`` is not such a subdomain; raises ``InvalidWorkerName``,
-        ``ReservedWorkerName`` or ``WorkerNotFound`` for a label that names no worker. The
-        answer is a function of the host and this (immutable) table, so it is remembered:
+        ``ReservedWorkerName`` or ``WorkerNotFound`` for a label that names no worker. What
+        the label names is a function of the host and the configuration, so it is remembered:
         hosts repeat, and this is on every subdomain request.
         """
-        known = self._subdomains(host)
-        if isinstance(known, RoutingError):
-            raise type(known)(known.message)  # a fresh one: a raised error keeps its traceback
-        return known
+        name = self._subdomains(host)
+        if name is None:
+            return None
+        if isinstance(name, RoutingError):
+            raise type(name)(name.message)  # a fresh one: a raised error keeps its traceback
+        worker = self.workers.get(name)
+        if worker is None or not worker.enabled:
+            raise WorkerNotFound(f"Worker '{name}' does not exist")
+        return worker
 
-    def _subdomain_answer(self, host: str) -> Worker | RoutingError | None:
+    def _subdomain_name(self, host: str) -> str | RoutingError | None:
         try:
             label = self.subdomain_label(host)
-            if label is None:
-                return None
-            return self.worker(validate_worker_name(label, self.reserved))
+            return None if label is None else validate_worker_name(label, self.reserved)
         except RoutingError as exc:
             return exc
+
+    def put_worker(self, name: str, worker: Worker | None) -> None:
+        """Replace worker ``name`` (``None``: remove it); nothing else changes."""
+        if worker is None:
+            self.workers.pop(name, None)
+        else:
+            self.workers[name] = worker
 
     def worker(self, name: str) -> Worker:
         """The enabled worker called ``name``, or ``WorkerNotFound``."""
