@@ -18,7 +18,8 @@ holds what a review with raw sockets found past it, each as a class of inputs).
 6. at most ``MAX_PIPELINED`` requests are parsed ahead of the one being answered; the rest of
    the connection is not read, and it closes after the last answer;
 7. a per-client rate limit reads ``address:port`` entries of the trusted ``X-Forwarded-For``
-   chain as the address (a new source port was a new budget).
+   chain as the address (a new source port was a new budget);
+8. (not fixed, strict xfail) a client that reads no answer holds its worker slot for ever.
 
 It also pins what the review tried that held (framing variants the first module does not name).
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Iterator
 
 import httptools
@@ -37,7 +39,7 @@ from dispatcher.h1server.protocol import MAX_PIPELINED
 from dispatcher.settings import Settings
 from tests.integration.test_hostile import Client, Rig, ask, get, post, unseen
 from tests.recording import RecordingUpstream
-from tests.servers import serve_gateway
+from tests.servers import serve_gateway, wait_until
 from workers_registry.migrate import upgrade
 from workers_registry.models import WorkerCreate
 from workers_registry.store import RegistryStore
@@ -54,6 +56,9 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
                 await store.add_worker(WorkerCreate(name="alpha", upstreams=[upstream.url]))
                 await store.add_worker(
                     WorkerCreate(name="based", upstreams=[f"{upstream.url}/app/v1"])
+                )
+                await store.add_worker(
+                    WorkerCreate(name="tight", upstreams=[upstream.url], max_concurrency=1)
                 )
 
         asyncio.run(seed())
@@ -345,6 +350,29 @@ def test_a_port_in_the_chain_does_not_buy_a_new_client_budget(
     assert ask(behind_a_balancer, get(host, b"X-Forwarded-For: " + first)).status == 200
     answer = ask(behind_a_balancer, get(host, b"X-Forwarded-For: " + second))
     assert answer.status == 429 and answer.code == "rate_limited"
+
+
+# -- 8. a client that stops reading (not fixed) ---------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="no send deadline: a client that reads nothing holds its request's worker slot and "
+    "upstream connection for ever (see /work/notes/attack.md, finding 8)",
+)
+def test_a_client_that_stops_reading_frees_the_workers_slot(target: Rig) -> None:
+    # "tight" has max_concurrency 1. The answer is far larger than the socket buffers.
+    target.upstream.scripts["big"] = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 16777216\r\n\r\n" + b"x" * 16_777_216
+    )
+    with Client(target.port) as stalled:
+        stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.send(get(b"tight.localhost", path=b"/script/big"))
+        wait_until(
+            lambda: ask(target, get(b"tight.localhost")).status == 200,
+            timeout=3,
+            what="the slot freed by a send deadline",
+        )
 
 
 # -- what held up ------------------------------------------------------------------------------
