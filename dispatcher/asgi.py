@@ -53,6 +53,8 @@ class ServerLimits(NamedTuple):
     request_head_timeout: float = 10.0
     #: A request body still due may go this many seconds without a byte.
     request_body_timeout: float = 30.0
+    #: A response may wait this long for the client to read any of it (then: aborted).
+    stream_idle_timeout: float = 300.0
 
 
 DEFAULT_LIMITS: Final = ServerLimits()

@@ -207,6 +207,7 @@ class DispatcherState:
             state[LIMITS_STATE_KEY] = ServerLimits(
                 request_head_timeout=self.settings.request_head_timeout,
                 request_body_timeout=self.settings.request_body_timeout,
+                stream_idle_timeout=self.settings.stream_idle_timeout,
             )
         async with batched_logs():
             await self._lifespan_events(receive, send)

@@ -76,6 +76,7 @@ class H1Protocol(asyncio.Protocol):
         limits: ServerLimits = app_state.get(LIMITS_STATE_KEY, DEFAULT_LIMITS)
         self.head_timeout = limits.request_head_timeout
         self.body_timeout = limits.request_body_timeout
+        self.send_timeout = limits.stream_idle_timeout
         # The longest the timer sleeps while a deadline could start unseen: a head beginning
         # on an idle connection, or a body beginning after a head that began meanwhile.
         self._tick = min(self.head_timeout, self.body_timeout)
@@ -451,10 +452,18 @@ class H1Protocol(asyncio.Protocol):
 
     async def drain(self) -> None:
         waiter = self._drain_waiter = self.loop.create_future()
+        # Only under backpressure: a client that reads nothing for stream_idle_timeout would
+        # hold its request (worker slot, upstream connection) for ever.
+        timer = self.loop.call_later(self.send_timeout, self._send_stalled)
         try:
             await waiter
         finally:
+            timer.cancel()
             self._drain_waiter = None
+
+    def _send_stalled(self) -> None:
+        # abort, not close: close would wait to flush what the client does not read.
+        self.transport.abort()
 
     def _wake_drain(self) -> None:
         waiter = self._drain_waiter
