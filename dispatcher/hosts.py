@@ -12,7 +12,7 @@ import re
 import idna
 
 from dispatcher.errors import InvalidHost, InvalidWorkerName, ReservedWorkerName
-from dispatcher.memo import memo
+from dispatcher.memo import Memo
 
 __all__ = [
     "DEFAULT_RESERVED_NAMES",
@@ -52,7 +52,6 @@ def is_valid_worker_name(name: str) -> bool:
     return _WORKER_NAME.fullmatch(name) is not None
 
 
-@memo(4096)
 def validate_worker_name(name: str, reserved: frozenset[str] | tuple[str, ...]) -> str:
     """Return the canonical (lowercased) worker name or raise a routing error.
 
@@ -60,6 +59,11 @@ def validate_worker_name(name: str, reserved: frozenset[str] | tuple[str, ...]) 
     ``[a-z0-9-]``, no leading or trailing hyphen) and ``ReservedWorkerName`` for reserved names.
     Valid names are remembered (path and query routes name their worker on every request).
     """
+    return _CANONICAL_NAMES[name, reserved]
+
+
+def _canonical_name(key: tuple[str, frozenset[str] | tuple[str, ...]]) -> str:
+    name, reserved = key
     # ASCII first: str.lower() maps some non-ASCII letters onto ASCII (U+212A KELVIN SIGN -> "k").
     canonical = name.lower() if name.isascii() else ""
     if _WORKER_NAME.fullmatch(canonical) is None:
@@ -78,13 +82,10 @@ def is_ip_literal(host: str) -> bool:
     # Names (the common case) end in a letter and have no colon: answer without parsing.
     if not candidate or (":" not in candidate and not candidate[-1].isdigit()):
         return False
-    return _parses_as_ip(candidate)
+    return _IP_LITERALS[candidate]
 
 
-@memo(1024)
 def _parses_as_ip(candidate: str) -> bool:
-    # Remembered: control hosts are IP literals on every path-routed request, and parsing one
-    # costs more than routing the request.
     try:
         ipaddress.ip_address(candidate)
     except ValueError:
@@ -92,14 +93,17 @@ def _parses_as_ip(candidate: str) -> bool:
     return True
 
 
-@memo(8192)
 def normalize_host(raw: str) -> str:
     """Normalise a Host header (or ``:authority``) value.
 
     Lowercases, strips the port and one trailing dot, and converts internationalised names to
     their IDNA ASCII form. IPv6 literals keep their brackets. Raises ``InvalidHost`` when the
-    value cannot be a host name. The result is cached: hosts repeat on the hot path.
+    value cannot be a host name. The result is remembered: hosts repeat on the hot path.
     """
+    return _NORMALIZED_HOSTS[raw]
+
+
+def _normalize_host(raw: str) -> str:
     value = raw.strip()
     if not value:
         raise InvalidHost("The Host header is missing")
@@ -155,6 +159,15 @@ def _is_underscore_label(label: str) -> bool:
     return (
         0 < len(label) <= 63 and label.startswith("_") and _LABEL.fullmatch(label[1:]) is not None
     )
+
+
+# Remembered: hosts and the names in path and query routes repeat on every request, and control
+# hosts are IP literals on every path-routed request (parsing one costs more than routing it).
+_NORMALIZED_HOSTS: Memo[str, str] = Memo(_normalize_host, 8192)
+_CANONICAL_NAMES: Memo[tuple[str, frozenset[str] | tuple[str, ...]], str] = Memo(
+    _canonical_name, 4096
+)
+_IP_LITERALS: Memo[str, bool] = Memo(_parses_as_ip, 1024)
 
 
 def _quote(value: str) -> str:

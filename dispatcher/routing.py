@@ -31,7 +31,7 @@ from dispatcher.errors import (
     WorkerNotFound,
 )
 from dispatcher.hosts import is_ip_literal, validate_worker_name
-from dispatcher.memo import Memo, memo
+from dispatcher.memo import Memo
 from workers_registry.models import CustomDomain, Worker
 
 __all__ = [
@@ -111,12 +111,16 @@ class RoutingTable:
     reserved: frozenset[str]
     workers: Mapping[str, Worker]
     # What ``subdomain_worker`` answered per host: a worker, None, or the error to raise.
-    _subdomains: Memo[[str], Worker | RoutingError | None] = field(
+    _subdomains: Memo[str, Worker | RoutingError | None] = field(
         init=False, compare=False, repr=False
     )
+    # What ``is_control_host`` answered per host (asked twice per request: once to know
+    # whether the custom-domain registry must be asked, once by ``resolve``).
+    _control: Memo[str, bool] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_subdomains", memo(_MEMO_SIZE)(self._subdomain_answer))
+        object.__setattr__(self, "_subdomains", Memo(self._subdomain_answer, _MEMO_SIZE))
+        object.__setattr__(self, "_control", Memo(self._is_control_host, _MEMO_SIZE))
 
     @classmethod
     def build(
@@ -139,6 +143,9 @@ class RoutingTable:
 
     def is_control_host(self, host: str) -> bool:
         """True for hosts that serve the control plane (never a tenant)."""
+        return self._control[host]
+
+    def _is_control_host(self, host: str) -> bool:
         return host in self.control_hosts or is_ip_literal(host)
 
     def subdomain_label(self, host: str) -> str | None:
@@ -157,7 +164,7 @@ class RoutingTable:
         answer is a function of the host and this (immutable) table, so it is remembered:
         hosts repeat, and this is on every subdomain request.
         """
-        known = self._subdomains(host)
+        known = self._subdomains[host]
         if isinstance(known, RoutingError):
             raise type(known)(known.message)  # a fresh one: a raised error keeps its traceback
         return known
