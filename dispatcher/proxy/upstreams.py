@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from dispatcher.errors import UpstreamConnectFailed
@@ -89,12 +89,13 @@ class UpstreamSelector:
     async def first_accepting(
         self,
         targets: list[Target],
-        attempt: Callable[[Target, int], Awaitable[T]],
+        attempt: Callable[..., Awaitable[T]],
         body: RequestBody | None = None,
+        *args: Any,
     ) -> T:
         """What ``attempt`` gets from the first of ``targets`` that accepts a connection.
 
-        The failover of both forwarders. ``attempt(target, position)`` raises
+        The failover of both forwarders. ``attempt(target, position, *args)`` raises
         ``UpstreamConnectFailed`` when not a byte reached ``target``: the target is ejected
         for a while, and the request moves on to the next one while it can be replayed (no
         ``body``, or none of it sent yet); after the last target the error is raised. A target
@@ -103,7 +104,7 @@ class UpstreamSelector:
         last = len(targets) - 1
         for position, target in enumerate(targets):
             try:
-                answer = await attempt(target, position)
+                answer = await attempt(target, position, *args)
             except UpstreamConnectFailed:
                 self.eject(target)
                 if position == last or (body is not None and body.sent):
