@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import os
 import resource
+import socket
 import subprocess
 import sys
 import threading
@@ -74,6 +75,7 @@ class Bench:
         self.www = work / "www"
         self.upstream_port = free_port()
         self.sink_port = free_port()
+        self.redis_port = free_port()
         self.env = self._dispatcher_env()
 
     def _dispatcher_env(self) -> dict[str, str]:
@@ -119,13 +121,45 @@ class Bench:
         self._start("upstream", argv, cpu=self.options.load_cpu, port=self.upstream_port)
         sink = [sys.executable, "-m", "bench.sink", "--port", str(self.sink_port)]
         self._start("sink", sink, cpu=self.options.load_cpu, port=self.sink_port, env=self.env)
+        if any(case.target.server == "dispatcher-limited" for case in self.options.cases):
+            self._start_redis()
         self._register()
+
+    def _start_redis(self) -> None:
+        """The rate limiter's Redis (load core), for ``dispatcher-limited``."""
+        argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port)]
+        argv += ["--save", "", "--appendonly", "no", "--dir", str(self.work)]
+        self.servers.start("redis", argv, cpu=self.options.load_cpu, cwd=self.work)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.redis_port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise ServerFailed("redis-server did not start")
+            time.sleep(0.05)
 
     def _register(self) -> None:
         cli = [sys.executable, "-m", "dispatcher"]
         commands = [
             ["workers", "add", "bench", "--upstream", f"http://127.0.0.1:{self.upstream_port}"],
             ["workers", "add", "sink", "--upstream", f"http://127.0.0.1:{self.sink_port}"],
+            # Limits no benchmark reaches: every request is checked, and admitted.
+            [
+                "workers",
+                "add",
+                "limited",
+                "--upstream",
+                f"http://127.0.0.1:{self.upstream_port}",
+                "--rate-limit",
+                "1000000",
+                "--client-rate-limit",
+                "1000000",
+            ],
             ["domains", "add", "bench.example.org", "--worker", "bench", "--status", "active"],
         ]
         for command in commands:
@@ -143,6 +177,12 @@ class Bench:
             argv = [sys.executable, "-m", "dispatcher", "serve", "--no-migrate"]
             if key == "dispatcher-quiet":
                 env = {**self.env, "DISPATCHER_LOG_LEVEL": "warning"}
+            elif key == "dispatcher-limited":
+                url = f"redis://127.0.0.1:{self.redis_port}/0"
+                # A generous timeout: under callgrind (50x slower) 50 ms would fail open and
+                # measure the outage path instead of the limiter.
+                env = {**self.env, "DISPATCHER_RATE_LIMIT_URL": url}
+                env["DISPATCHER_RATE_LIMIT_TIMEOUT"] = "5"
             elif key == "dispatcher-aiohttp":
                 argv = [*launcher, "dispatcher", "--transport", "aiohttp"]
             # stdout is the access log: one JSON line per request, thrown away.

@@ -34,6 +34,7 @@ __all__ = ["GROUPS", "count_instructions", "get", "read_dump"]
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("dispatcher", ("dispatcher", "dispatcher-path", "dispatcher-custom")),
     ("dispatcher-quiet", ("dispatcher-quiet",)),
+    ("dispatcher-limited", ("dispatcher-limited",)),
     ("proxy-floor", ("proxy-floor",)),
     ("floor-h1", ("floor-h1",)),
 )

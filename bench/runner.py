@@ -58,6 +58,7 @@ _PACKAGES = {
     "wrk": "wrk",
     "taskset": "util-linux",
     "valgrind": "valgrind",
+    "redis-server": "redis-server",
 }
 
 

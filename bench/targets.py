@@ -8,6 +8,9 @@ how the request is routed to the same worker ``bench`` (upstream: the nginx upst
 - ``dispatcher-custom``: custom-domain route, ``Host: bench.example.org`` registered ``active``
   (cached after the first request, so this measures the cache hit);
 - ``dispatcher-aiohttp``: the subdomain route through a dispatcher using aiohttp's client;
+- ``dispatcher-limited``: the subdomain route to worker ``limited`` (same upstream) with a
+  worker-wide and a per-client rate limit counted in a local ``redis-server``, set so high
+  that every request is admitted: what checking the limits costs a request;
 - ``dispatcher-quiet``: the subdomain route with ``log_level=warning`` (no access line),
   to show what the one-line-per-request access log costs;
 - ``caddy``: Caddy ``reverse_proxy`` writing one JSON access line per request (to stdout, thrown
@@ -67,6 +70,13 @@ TARGETS = {
         Target("dispatcher-path", "dispatcher, path route", "dispatcher", prefix="/dispatch/bench"),
         Target(
             "dispatcher-custom", "dispatcher, custom domain", "dispatcher", host="bench.example.org"
+        ),
+        Target(
+            "dispatcher-limited",
+            "dispatcher, rate-limited (Redis)",
+            "dispatcher-limited",
+            host="limited.localhost",
+            sizes=("small",),
         ),
         Target(
             "dispatcher-aiohttp",

@@ -27,7 +27,10 @@ __all__ = ["Gateway", "create_app"]
 
 def create_app(settings: Settings, *, transport: UpstreamTransport | None = None) -> Gateway:
     """The dispatcher ASGI app for ``settings`` (run it with uvicorn, lifespan on)."""
-    transport = transport or H1Pool()
+    transport = transport or H1Pool(
+        max_response_head=settings.max_response_header_bytes,
+        networks=settings.upstream_networks,
+    )
     selector = UpstreamSelector()
     state = DispatcherState(settings, transport, selector)
     policy = HeaderPolicy(

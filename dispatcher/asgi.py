@@ -14,9 +14,11 @@ import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 __all__ = [
+    "DEFAULT_LIMITS",
+    "LIMITS_STATE_KEY",
     "REQUEST_IDS",
     "ASGIApp",
     "Exchange",
@@ -26,6 +28,7 @@ __all__ = [
     "RequestIds",
     "Scope",
     "Send",
+    "ServerLimits",
     "header_lines",
     "header_value",
     "request_id_of",
@@ -37,6 +40,23 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+
+
+class ServerLimits(NamedTuple):
+    """The deadlines the HTTP server holds clients to (DESIGN.md, "Settings").
+
+    The application puts them in the lifespan state under ``LIMITS_STATE_KEY``; the server
+    (``dispatcher.h1server``) reads them from the state it hands every connection.
+    """
+
+    #: The whole request head must arrive within this many seconds of its first byte.
+    request_head_timeout: float = 10.0
+    #: A request body still due may go this many seconds without a byte.
+    request_body_timeout: float = 30.0
+
+
+DEFAULT_LIMITS: Final = ServerLimits()
+LIMITS_STATE_KEY: Final = "dispatcher.server_limits"
 
 _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 

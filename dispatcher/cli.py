@@ -18,18 +18,44 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
 from pydantic import ValidationError
 
 from dispatcher import __version__
 from dispatcher.errors import DispatcherError
 from dispatcher.hosts import normalize_host
+from dispatcher.onboarding import (
+    DomainVerifier,
+    check_placement,
+    domain_records,
+    log_operator_status,
+)
 from dispatcher.routing import UNAVAILABLE, DomainAnswer, Route, RoutingTable, resolve
 from dispatcher.settings import ConfigError, Settings, load_settings
 from workers_registry.migrate import upgrade
-from workers_registry.models import CustomDomainCreate, DomainStatus, WorkerCreate
+from workers_registry.models import (
+    CheckedDomain,
+    CustomDomain,
+    CustomDomainCreate,
+    DomainRecord,
+    DomainStatus,
+    WorkerCreate,
+)
 from workers_registry.store import RegistryStore
 
 __all__ = ["main"]
+
+
+class _StderrLogger:
+    """A structlog logger writing each line to whatever ``sys.stderr`` is at the time."""
+
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = failure = msg
 
 
 class CommandError(Exception):
@@ -83,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--max-body-bytes", type=int)
     add.add_argument("--upstream-timeout", type=float)
     add.add_argument("--max-concurrency", type=int)
+    add.add_argument("--rate-limit", type=float, metavar="N", help="requests per second")
+    add.add_argument("--rate-burst", type=int, metavar="N", help="requests at once above it")
+    add.add_argument(
+        "--client-rate-limit", type=float, metavar="N", help="requests per second per client IP"
+    )
     add.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
     add.set_defaults(handler=_registry(_workers_add))
     listing = workers.add_parser("list", help="list workers")
@@ -102,11 +133,24 @@ def _parser() -> argparse.ArgumentParser:
     dadd = domains.add_parser("add", help="map a custom domain to a worker")
     dadd.add_argument("domain")
     dadd.add_argument("--worker", required=True)
-    dadd.add_argument("--status", choices=[s.value for s in DomainStatus], default="active")
+    dadd.add_argument(
+        "--status",
+        choices=[s.value for s in DomainStatus],
+        help="default pending (verified by DNS); active vouches for the domain, no checks",
+    )
+    dadd.add_argument("--json", action="store_true")
     dadd.set_defaults(handler=_registry(_domains_add))
     dlist = domains.add_parser("list", help="list custom domains")
     dlist.add_argument("--json", action="store_true")
     dlist.set_defaults(handler=_registry(_domains_list))
+    dshow = domains.add_parser("show", help="show a custom domain and its verification record")
+    dshow.add_argument("domain")
+    dshow.add_argument("--json", action="store_true")
+    dshow.set_defaults(handler=_registry(_domains_show))
+    dverify = domains.add_parser("verify", help="check a custom domain's DNS records now")
+    dverify.add_argument("domain")
+    dverify.add_argument("--json", action="store_true")
+    dverify.set_defaults(handler=_registry(_domains_verify))
     dremove = domains.add_parser("remove", help="remove a custom domain")
     dremove.add_argument("domain")
     dremove.set_defaults(handler=_registry(_domains_remove))
@@ -137,9 +181,11 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "http": "dispatcher.h1server:H1Protocol"
         if settings.http_server == "dispatcher"
         else "httptools",
-        # The largest request head the server accepts (431 above it): well above the
-        # dispatcher's own max_header_bytes, so the dispatcher answers 431 itself first.
-        "h11_max_incomplete_event_size": max(1 << 20, 4 * settings.max_header_bytes),
+        # The largest request head the server accepts (431 above it): above the dispatcher's
+        # own max_header_bytes (which counts header lines only), so the dispatcher answers 431
+        # itself first, and small enough that unfinished heads hold little memory: each
+        # connection keeps at most this much until request_head_timeout closes it.
+        "h11_max_incomplete_event_size": 2 * settings.max_header_bytes + 16 * 1024,
         # Said, not guessed: the gateway's __call__ is a plain function returning a coroutine.
         "interface": "asgi3",
         "ws": "websockets-sansio",  # supports the websocket.http.response denial extension
@@ -229,6 +275,10 @@ RegistryCommand = Callable[[RegistryStore, Settings, argparse.Namespace], Awaita
 
 def _registry(command: RegistryCommand) -> Callable[[Settings, argparse.Namespace], int]:
     def run(settings: Settings, args: argparse.Namespace) -> int:
+        # Log lines (a status change found by `domains verify`, say) go to stderr: stdout is
+        # the command's answer, JSON with --json.
+        structlog.configure(logger_factory=_StderrLogger)
+
         async def go() -> int:
             await upgrade(settings.async_database_url)
             store = RegistryStore.from_url(settings.async_database_url)
@@ -244,7 +294,7 @@ def _registry(command: RegistryCommand) -> Callable[[Settings, argparse.Namespac
 
 def _validate(model: Any, data: dict[str, Any], settings: Settings) -> Any:
     try:
-        return model.model_validate(data, context={"reserved_names": settings.reserved})
+        return model.model_validate(data, context=settings.registration_context)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'value'}: "
@@ -271,6 +321,9 @@ async def _workers_add(store: RegistryStore, settings: Settings, args: argparse.
             "max_body_bytes": args.max_body_bytes,
             "upstream_timeout": args.upstream_timeout,
             "max_concurrency": args.max_concurrency,
+            "rate_limit": args.rate_limit,
+            "rate_burst": args.rate_burst,
+            "client_rate_limit": args.client_rate_limit,
             "tags": tags,
         },
         settings,
@@ -316,25 +369,85 @@ async def _workers_remove(
 
 
 async def _domains_add(store: RegistryStore, settings: Settings, args: argparse.Namespace) -> int:
-    spec = _validate(
-        CustomDomainCreate,
-        {"domain": args.domain, "worker": args.worker, "status": args.status},
-        settings,
-    )
-    domain = await store.add_domain(spec)
-    print(f"added domain {domain.domain} -> {domain.worker} ({domain.status.value})")
+    data = {"domain": args.domain, "worker": args.worker}
+    if args.status is not None:
+        data["status"] = args.status  # given: the operator's word (check_placement reads it)
+    spec = _validate(CustomDomainCreate, data, settings)
+    check_placement(spec, settings)
+    record = await _record(store, settings, await store.add_domain(spec))
+    if args.json:
+        print(json.dumps(record.model_dump(mode="json"), indent=2))
+        return 0
+    print(f"added domain {record.domain} -> {record.worker} ({record.status.value})")
+    if record.status is DomainStatus.PENDING:
+        verification = record.verification
+        print(
+            "\nAsk the customer to create these DNS records:\n"
+            f'  {verification.txt_name}  TXT    "{verification.txt_value}"\n'
+            f"  {record.domain}  CNAME  {verification.cname_target}\n"
+            "(an apex domain that cannot have a CNAME: A/AAAA records with the addresses of "
+            f"{verification.cname_target})\n"
+            "The domain is checked within seconds, then with back-off; it routes once verified.\n"
+            f"Check now: dispatcher domains verify {record.domain}"
+        )
     return 0
+
+
+async def _record(store: RegistryStore, settings: Settings, domain: CustomDomain) -> DomainRecord:
+    return (await domain_records(store, settings, [domain]))[0]
 
 
 async def _domains_list(store: RegistryStore, settings: Settings, args: argparse.Namespace) -> int:
-    domains = await store.list_domains()
+    records = await domain_records(store, settings, await store.list_domains())
     if args.json:
-        print(json.dumps([d.model_dump(mode="json") for d in domains], indent=2))
+        print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
         return 0
     _print_table(
-        ("DOMAIN", "WORKER", "STATUS"), [(d.domain, d.worker, d.status.value) for d in domains]
+        ("DOMAIN", "WORKER", "STATUS", "NOTE"),
+        [(r.domain, r.worker, r.status.value, _note(r)) for r in records],
     )
     return 0
+
+
+def _note(record: DomainRecord) -> str:
+    if record.shadows_worker is not None:
+        return f"shadows worker {record.shadows_worker}'s subdomain"
+    return record.verification.failure_reason or ""
+
+
+async def _domains_show(store: RegistryStore, settings: Settings, args: argparse.Namespace) -> int:
+    domain = _domain_arg(args.domain)
+    found = await store.get_domain(domain)
+    if found is None:
+        raise CommandError(f"domain {domain!r} is not registered")
+    _print_record(await _record(store, settings, found), args.json)
+    return 0
+
+
+async def _domains_verify(
+    store: RegistryStore, settings: Settings, args: argparse.Namespace
+) -> int:
+    report = await DomainVerifier(store, settings).check(_domain_arg(args.domain))
+    record = await _record(store, settings, report.domain)
+    checked = CheckedDomain(**dict(record), check=report.model())
+    if args.json:
+        print(json.dumps(checked.model_dump(mode="json"), indent=2))
+        return 0
+    print(f"check: {report.result}" + (f" ({report.reason})" if report.reason else ""))
+    _print_record(record, False)
+    return 0
+
+
+def _print_record(record: DomainRecord, as_json: bool) -> None:
+    data = record.model_dump(mode="json")
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    verification = data.pop("verification")
+    for key, value in data.items():
+        print(f"{key}: {'' if value is None else value}")
+    for key, value in verification.items():
+        print(f"verification.{key}: {'' if value is None else value}")
 
 
 async def _domains_remove(
@@ -351,6 +464,7 @@ async def _domains_set_status(
 ) -> int:
     domain = _domain_arg(args.domain)
     updated = await store.set_domain_status(domain, DomainStatus(args.status))
+    log_operator_status(updated, "CLI")
     print(f"domain {updated.domain} is now {updated.status.value}")
     return 0
 

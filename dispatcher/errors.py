@@ -19,11 +19,15 @@ boundary each and chained with ``from exc``; their text never reaches a client.
     │   ├── AdminDisabled                admin_disabled 403
     │   ├── NotFound                     not_found 404
     │   ├── MethodNotAllowed             method_not_allowed 405
+    │   ├── RequestTimeout               request_timeout 408
     │   ├── Conflict                     conflict 409
     │   ├── PayloadTooLarge              payload_too_large 413
+    │   ├── UnsupportedMediaType         unsupported_media_type 415
+    │   ├── RateLimited                  rate_limited 429
     │   ├── HeadersTooLarge              headers_too_large 431
     │   └── LoopDetected                 loop_detected 508
     ├── RegistryUnavailable              registry_unavailable 503
+    ├── RateLimitUnavailable             rate_limit_unavailable 503
     ├── WorkerOverloaded                 worker_overloaded 503
     └── UpstreamError
         ├── UpstreamUnavailable          upstream_unavailable 502
@@ -49,11 +53,15 @@ __all__ = [
     "MissingWorker",
     "NotFound",
     "PayloadTooLarge",
+    "RateLimitUnavailable",
+    "RateLimited",
     "RegistryUnavailable",
     "RequestRejected",
+    "RequestTimeout",
     "ReservedWorkerName",
     "RoutingError",
     "Unauthorized",
+    "UnsupportedMediaType",
     "UpstreamConnectFailed",
     "UpstreamError",
     "UpstreamTimeout",
@@ -184,6 +192,24 @@ class PayloadTooLarge(RequestRejected):
     default_message = "Request body is too large"
 
 
+class RequestTimeout(RequestRejected):
+    code = "request_timeout"
+    status = 408
+    default_message = "The request was not received in time"
+
+
+class UnsupportedMediaType(RequestRejected):
+    code = "unsupported_media_type"
+    status = 415
+    default_message = "The request body must be application/json"
+
+
+class RateLimited(RequestRejected):
+    code = "rate_limited"
+    status = 429
+    default_message = "Too many requests"
+
+
 class HeadersTooLarge(RequestRejected):
     code = "headers_too_large"
     status = 431
@@ -200,6 +226,12 @@ class RegistryUnavailable(DispatcherError):
     code = "registry_unavailable"
     status = 503
     default_message = "The worker registry is unavailable"
+
+
+class RateLimitUnavailable(DispatcherError):
+    code = "rate_limit_unavailable"
+    status = 503
+    default_message = "The rate limiter cannot answer; try again shortly"
 
 
 class WorkerOverloaded(DispatcherError):

@@ -20,6 +20,7 @@ from dispatcher.asgi import Exchange, Message, Receive, Scope, Send, header_valu
 from dispatcher.control.app import REQUEST_ID_KEY
 from dispatcher.errors import (
     DispatcherError,
+    InvalidHost,
     NotFound,
     UpstreamConnectFailed,
     UpstreamError,
@@ -55,6 +56,7 @@ class Gateway:
         self.websockets = websockets
         self.control = control
         self.metrics = state.metrics
+        self.limiter = state.limiter
         self._route = state.route
         self._access = access_logger()
         # The access line is written at info: below that level, skip building it at all.
@@ -69,7 +71,7 @@ class Gateway:
         if kind == "websocket":
             return self._websocket(scope, receive, send)
         if kind == "lifespan":
-            return self.state.lifespan(receive, send)
+            return self.state.lifespan(scope, receive, send)
         return _nothing()
 
     def _route_scope(
@@ -89,6 +91,10 @@ class Gateway:
             if route is None:
                 await self._control(scope, receive, send, exchange)
             else:
+                worker = route.worker
+                # Two field reads and no call: a worker without limits pays nothing more.
+                if worker.rate_limit is not None or worker.client_rate_limit is not None:
+                    await self.limiter.admit(scope, route, exchange)
                 await self.forwarder.forward(scope, receive, send, route, exchange)
         except DispatcherError as exc:
             await self._fail(scope, send, exc, exchange)
@@ -107,6 +113,9 @@ class Gateway:
             route = await self._route_scope(scope, host_header, "GET")
             if route is None:
                 raise NotFound("WebSockets are only forwarded to workers")
+            worker = route.worker
+            if worker.rate_limit is not None or worker.client_rate_limit is not None:
+                await self.limiter.admit(scope, route, exchange)  # a handshake is a request
             await self.websockets.forward(scope, receive, send, route, exchange)
         except DispatcherError as exc:
             await self._deny(scope, send, exc, exchange)
@@ -122,6 +131,9 @@ class Gateway:
         exchange.request_id = request_id_of(scope["headers"])
         bind_request_id(exchange.request_id)
         exchange.route = "control"
+        if sum(1 for name, _ in scope["headers"] if name == b"host") > 1:
+            # Forwarded requests are checked by the header policy (RFC 9112 section 3.2).
+            raise InvalidHost("More than one Host header")
         scope[REQUEST_ID_KEY] = exchange.request_id
         rid = exchange.request_id.encode("ascii")
 

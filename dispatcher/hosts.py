@@ -12,7 +12,7 @@ import re
 import idna
 
 from dispatcher.errors import InvalidHost, InvalidWorkerName, ReservedWorkerName
-from dispatcher.memo import Memo
+from dispatcher.memo import Memo, memo
 
 __all__ = [
     "DEFAULT_RESERVED_NAMES",
@@ -21,6 +21,7 @@ __all__ = [
     "is_valid_worker_name",
     "normalize_domain",
     "normalize_host",
+    "normalize_wire_host",
     "validate_worker_name",
 ]
 
@@ -82,10 +83,13 @@ def is_ip_literal(host: str) -> bool:
     # Names (the common case) end in a letter and have no colon: answer without parsing.
     if not candidate or (":" not in candidate and not candidate[-1].isdigit()):
         return False
-    return _IP_LITERALS[candidate]
+    return _parses_as_ip(candidate)
 
 
+@memo(1024)
 def _parses_as_ip(candidate: str) -> bool:
+    # Remembered: control hosts are IP literals on every path-routed request, and parsing one
+    # costs more than routing the request.
     try:
         ipaddress.ip_address(candidate)
     except ValueError:
@@ -93,6 +97,20 @@ def _parses_as_ip(candidate: str) -> bool:
     return True
 
 
+@memo(8192)
+def normalize_wire_host(raw: str) -> str:
+    """``normalize_host`` for a Host as it arrived on the wire (latin-1 decoded).
+
+    A Host on the wire is ASCII (browsers send A-labels): any other byte is ``InvalidHost``
+    here, before IDNA folding could map it onto an ASCII name (``\\xaa`` onto ``a``). Cached
+    like ``normalize_host``, so a known host costs one lookup.
+    """
+    if not raw.isascii():
+        raise InvalidHost("The Host header must be ASCII")
+    return normalize_host(raw)
+
+
+@memo(8192)
 def normalize_host(raw: str) -> str:
     """Normalise a Host header (or ``:authority``) value.
 
@@ -100,10 +118,6 @@ def normalize_host(raw: str) -> str:
     their IDNA ASCII form. IPv6 literals keep their brackets. Raises ``InvalidHost`` when the
     value cannot be a host name. The result is remembered: hosts repeat on the hot path.
     """
-    return _NORMALIZED_HOSTS[raw]
-
-
-def _normalize_host(raw: str) -> str:
     value = raw.strip()
     if not value:
         raise InvalidHost("The Host header is missing")
@@ -161,13 +175,11 @@ def _is_underscore_label(label: str) -> bool:
     )
 
 
-# Remembered: hosts and the names in path and query routes repeat on every request, and control
-# hosts are IP literals on every path-routed request (parsing one costs more than routing it).
-_NORMALIZED_HOSTS: Memo[str, str] = Memo(_normalize_host, 8192)
+# Remembered: path and query routes name their worker on every request (keyed by the name and
+# the reserved names, the memo's one key).
 _CANONICAL_NAMES: Memo[tuple[str, frozenset[str] | tuple[str, ...]], str] = Memo(
     _canonical_name, 4096
 )
-_IP_LITERALS: Memo[str, bool] = Memo(_parses_as_ip, 1024)
 
 
 def _quote(value: str) -> str:

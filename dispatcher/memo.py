@@ -10,7 +10,8 @@ therefore costs bounded memory, and at worst one recomputation per key after eac
 bookkeeping is paid on a hit. A computation that raises is not remembered (a function whose
 refusals should be remembered returns them instead).
 
-``memo[key]`` is a plain dict lookup when the answer is known (no Python frame, no allocation).
+``memo[key]`` is a plain dict lookup when the answer is known (no Python frame, no allocation);
+``@memo(size)`` makes a function of one key that lookup (the memo's bound ``__getitem__``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import TypeVar
 
-__all__ = ["Memo"]
+__all__ = ["Memo", "memo"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -40,3 +41,12 @@ class Memo(dict[K, V]):
             self.clear()
         self[key] = value
         return value
+
+
+def memo(size: int) -> Callable[[Callable[[K], V]], Callable[[K], V]]:
+    """Decorate a pure function of one key: calling it looks the key up in a ``Memo``."""
+
+    def remember(function: Callable[[K], V]) -> Callable[[K], V]:
+        return Memo(function, size).__getitem__
+
+    return remember

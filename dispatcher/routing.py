@@ -15,6 +15,7 @@ On a tenant host the tenant owns every path, ``/health`` included.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
@@ -211,6 +212,9 @@ def resolve_tenant(
 ) -> Route:
     """Route a request on a tenant host (custom domain, then wildcard subdomain)."""
     path = raw_path or b"/"
+    text = path.decode("latin-1")
+    if "%" in text or "/." in text or "\\." in text:  # else no segment can be a dot one
+        _reject_dot_segments(text)
     if isinstance(domain, CustomDomain) and domain.routable:
         return Route(table.worker(domain.worker), RouteKind.CUSTOM_DOMAIN, path, query)
     worker = table.subdomain_worker(host)
@@ -242,7 +246,9 @@ def _path_route(rest: bytes, query: bytes, table: RoutingTable, prefix: str) -> 
     end = rest.find(b"/", 1)
     segment, upstream_path = (rest[1:], b"/") if end == -1 else (rest[1:end], rest[end:])
     name = validate_worker_name(_decode_segment(segment), table.reserved)
-    _reject_dot_segments(upstream_path)
+    text = upstream_path.decode("latin-1")
+    if "%" in text or "/." in text or "\\." in text:
+        _reject_dot_segments(text)
     return Route(table.worker(name), RouteKind.PATH, upstream_path, query, f"{prefix}/{name}")
 
 
@@ -281,13 +287,30 @@ def _decode_param(value: bytes) -> str:
 
 
 _DOT_SEGMENTS: Final = frozenset({".", ".."})
+# What some upstream decodes, splits on or cuts at: ``\`` is a separator on Windows servers
+# (IIS, some Java and Node ones), ``;`` starts path parameters (``..;`` is ``..`` to Tomcat).
+_SEPARATORS: Final = re.compile(r"[/\\]")
+_DECODE_ROUNDS: Final = 3  # ``%252e`` is ``.`` to an upstream that decodes twice
 
 
-def _reject_dot_segments(path: bytes) -> None:
-    # The upstream may resolve ``..`` against its own base path; a path route must not be a
-    # way to walk out of it (RFC 3986 section 5.2.4). Encoded dots count too.
-    if b"." not in path and b"%2" not in path.lower():
-        return
-    for segment in path.split(b"/"):
-        if unquote(segment.decode("latin-1")) in _DOT_SEGMENTS:
-            raise InvalidRequest("Dot segments ('.' or '..') are not allowed in dispatch paths")
+def _reject_dot_segments(text: str) -> None:
+    """Refuse a path that any upstream could read as containing a dot segment.
+
+    The upstream resolves ``..`` against its own base path (RFC 3986 section 5.2.4), so a
+    client's ``/../../secret`` would walk out of a worker's ``http://10.0.0.5/app/v1`` or out of
+    a path route's ``/dispatch/<name>``. Normalising would have to guess how each upstream
+    reads a path; refusing does not: a segment that, once percent-decoded (repeatedly), cut
+    at ``;`` and split on ``/`` or ``\\`` too, is ``.`` or ``..`` (trailing blanks and NULs
+    ignored) is 400 on every route kind. Browsers never send one (they resolve dot segments
+    before sending), so only hand-made requests meet this. ``text`` is the raw path decoded
+    as latin-1; the callers look for a ``%``, ``/.`` or ``\\.`` in it first (as ``str``: on
+    bytes, ``in`` costs an exception raised and cleared in CPython 3.11), since without one no
+    segment can be a dot segment.
+    """
+    for _ in range(_DECODE_ROUNDS):
+        if "%" not in text:
+            break
+        text = unquote(text, encoding="latin-1")
+    for segment in _SEPARATORS.split(text):
+        if segment.partition(";")[0].rstrip(" \t\x00") in _DOT_SEGMENTS:
+            raise InvalidRequest("Dot segments ('.' or '..') are not allowed in request paths")

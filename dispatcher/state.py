@@ -2,9 +2,10 @@
 
 ``DispatcherState`` owns the long-lived parts of one process: the registry store, the follower
 that keeps the worker snapshot current (and the Postgres listener that wakes it), the
-custom-domain resolver, the routing table built from the snapshot, the metrics, and the
-upstream transport it closes on shutdown. It runs the ASGI lifespan and implements the control
-plane's ``ControlState`` (health, metrics, ``/tls/ask``, the registry for the admin API).
+custom-domain resolver, the routing table built from the snapshot, the metrics, the
+custom-domain verifier, and the upstream transport it closes on shutdown. It runs the ASGI
+lifespan and implements the control plane's ``ControlState`` (health, metrics, ``/tls/ask``,
+the registry and the verifier for the admin API).
 
 It makes the route decision for the data plane and for ``/tls/ask`` alike (``route``): the
 custom-domain answer from the cache, then the same pure ``routing.resolve`` the CLI calls.
@@ -19,14 +20,16 @@ from typing import Any
 
 import structlog
 
-from dispatcher.asgi import Receive, Send
+from dispatcher.asgi import LIMITS_STATE_KEY, Receive, Scope, Send, ServerLimits
 from dispatcher.domains import CustomDomainResolver
 from dispatcher.errors import RegistryUnavailable, RoutingError
-from dispatcher.hosts import normalize_host
+from dispatcher.hosts import normalize_wire_host
 from dispatcher.logging import batched_logs
 from dispatcher.metrics import Metrics, StateReading
+from dispatcher.onboarding import DomainVerifier, OnboardingMetrics
 from dispatcher.proxy.transport import UpstreamTransport
 from dispatcher.proxy.upstreams import UpstreamSelector
+from dispatcher.ratelimit import RateLimiter
 from dispatcher.routing import DomainAnswer, Route, RoutingTable, resolve
 from dispatcher.settings import Settings
 from workers_registry.changes import PostgresListener, RegistryFollower, RegistrySnapshot
@@ -55,6 +58,11 @@ class DispatcherState:
         self.domains: CustomDomainResolver | None = None
         self.listener: PostgresListener | None = None
         self.metrics = Metrics(self._state_reading, per_worker=settings.metrics_per_worker)
+        self.limiter = RateLimiter(settings)
+        self.metrics.registry.register(self.limiter)
+        self.onboarding_metrics = OnboardingMetrics()
+        self.metrics.registry.register(self.onboarding_metrics)
+        self.domain_verifier: DomainVerifier | None = None
 
     # -- the route decision -------------------------------------------------------------------
 
@@ -66,7 +74,7 @@ class DispatcherState:
         Raises what ``routing.resolve`` raises (``RoutingError``, ``RegistryUnavailable``,
         ``InvalidRequest``) and ``InvalidHost``.
         """
-        host = normalize_host(host_header)
+        host = normalize_wire_host(host_header)
         table = self.table
         answer: DomainAnswer = None
         if not table.is_control_host(host):  # only a tenant host needs the registry's answer
@@ -88,6 +96,12 @@ class DispatcherState:
         if self.store is None:
             raise RegistryUnavailable("The worker registry is not open yet")
         return self.store
+
+    @property
+    def verifier(self) -> DomainVerifier:
+        if self.domain_verifier is None:
+            raise RegistryUnavailable("The worker registry is not open yet")
+        return self.domain_verifier
 
     async def may_issue_certificate(self, domain: str) -> bool:
         """May Caddy get a certificate for ``domain``? (``/tls/ask``)
@@ -150,6 +164,10 @@ class DispatcherState:
             "hit_ratio": round(domains.hit_ratio, 4),
         }
         checks["upstreams"] = {"ejected": self.selector.ejected()}
+        # Reported, not judged: every replica shares the one Redis, so taking replicas out of
+        # rotation for it would not help; rate_limit_fail_open decides what requests see.
+        await self.limiter.probe()
+        checks["rate_limit"] = self.limiter.state()
         if self.listener is not None:
             checks["listener"] = {"connected": self.listener.connected}
             ok = ok and self.listener.connected
@@ -159,8 +177,18 @@ class DispatcherState:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def lifespan(self, receive: Receive, send: Send) -> None:
-        """The ASGI lifespan: ``startup`` on start, ``shutdown`` on stop."""
+    async def lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI lifespan: ``startup`` on start, ``shutdown`` on stop.
+
+        It also tells the HTTP server the request deadlines to hold clients to, through the
+        lifespan state the server hands every connection (``dispatcher.asgi.ServerLimits``).
+        """
+        state = scope.get("state")
+        if state is not None:
+            state[LIMITS_STATE_KEY] = ServerLimits(
+                request_head_timeout=self.settings.request_head_timeout,
+                request_body_timeout=self.settings.request_body_timeout,
+            )
         async with batched_logs():
             await self._lifespan_events(receive, send)
 
@@ -181,7 +209,7 @@ class DispatcherState:
                 return
 
     async def startup(self) -> None:
-        """Open the registry, load the snapshot and start following it."""
+        """Open the registry, load the snapshot, start following it and start the verifier."""
         settings = self.settings
         self.store = RegistryStore.from_url(
             settings.async_database_url, connect_timeout=settings.connect_timeout
@@ -208,18 +236,24 @@ class DispatcherState:
                 connect_timeout=settings.connect_timeout,
             )
             await self.listener.start()
+        self.domain_verifier = DomainVerifier(self.store, settings, metrics=self.onboarding_metrics)
+        await self.domain_verifier.start()
 
     async def shutdown(self) -> None:
+        if self.domain_verifier is not None:
+            await self.domain_verifier.aclose()
         if self.listener is not None:
             await self.listener.aclose()
         if self.follower is not None:
             await self.follower.aclose()
         await self.transport.aclose()
+        await self.limiter.aclose()
         if self.store is not None:
             await self.store.aclose()
 
     def _apply_snapshot(self, snapshot: RegistrySnapshot) -> None:
         self.table = self._table(snapshot)
+        self.limiter.forget()
         if self.domains is not None:
             # The version poll cannot say which domain changed: forget them all.
             self.domains.invalidate()

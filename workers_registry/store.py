@@ -27,6 +27,7 @@ Transactions per backend:
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -68,6 +69,7 @@ __all__ = [
     "autocommit",
     "create_registry_engine",
     "for_writing",
+    "new_verification_token",
 ]
 
 Dialect = Literal["postgresql", "sqlite"]
@@ -209,6 +211,32 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _aware(value: datetime | str) -> datetime:
+    # An aggregate (min) is not typed by the column, so SQLite hands back its text.
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def new_verification_token() -> str:
+    """A random TXT value for a domain's ownership check (128 bits, hex)."""
+    return secrets.token_hex(16)
+
+
+def _status_values(status: DomainStatus, now: datetime) -> dict[str, Any]:
+    """The onboarding columns of a status set by an operator.
+
+    ``pending`` starts the checks (the first one due now, the timeout counted from now);
+    any other status is the operator's decision and is not checked on a schedule.
+    """
+    return {
+        "status_changed_at": now,
+        "next_check_at": now if status is DomainStatus.PENDING else None,
+        "failed_checks": 0,
+        "failure_reason": None,
+    }
 
 
 def _domain_key(domain: str) -> str:
@@ -443,13 +471,20 @@ class RegistryStore:
         return None if row is None else _domain(row)
 
     async def add_domain(self, spec: CustomDomainCreate) -> CustomDomain:
-        """Register a custom domain.
+        """Register a custom domain with a fresh random verification token.
 
-        ``Conflict`` if it is registered already; ``InvalidRequest`` (``worker`` field) if its
-        worker does not exist.
+        A ``pending`` domain is due for its first check at once; any other status is the
+        operator's word and is not scheduled. ``Conflict`` if the domain is registered
+        already; ``InvalidRequest`` (``worker`` field) if its worker does not exist.
         """
         now = _now()
-        values = {**spec.model_dump(mode="json"), "created_at": now, "updated_at": now}
+        values = {
+            **spec.model_dump(mode="json"),
+            **_status_values(spec.status, now),
+            "verification_token": new_verification_token(),
+            "created_at": now,
+            "updated_at": now,
+        }
         async with self._transaction(
             self._writer,
             duplicate=f"Domain '{spec.domain}' is already registered",
@@ -467,7 +502,12 @@ class RegistryStore:
         does not exist.
         """
         key = _domain_key(domain)
-        changes = patch.model_dump(mode="json", exclude_none=True)
+        changes: dict[str, Any] = patch.model_dump(mode="json", exclude_none=True)
+        if patch.status is not None:
+            changes.update(_status_values(patch.status, _now()))
+            changes["verification_token"] = sa.func.coalesce(
+                custom_domains.c.verification_token, new_verification_token()
+            )
         if not changes:
             found = await self.lookup_domain(key)
             if found is None:
@@ -488,6 +528,62 @@ class RegistryStore:
     async def set_domain_status(self, domain: str, status: DomainStatus | str) -> CustomDomain:
         """Change a domain's status; ``DomainNotFound`` if missing."""
         return await self.update_domain(domain, CustomDomainPatch(status=DomainStatus(status)))
+
+    async def due_domains(self, now: datetime, limit: int) -> list[CustomDomain]:
+        """Domains whose next check is due at ``now``, the most overdue first."""
+        query = (
+            sa.select(*_DOMAIN_COLUMNS)
+            .where(custom_domains.c.next_check_at <= now)
+            .order_by(custom_domains.c.next_check_at)
+            .limit(limit)
+        )
+        async with self._transaction(self._reader) as connection:
+            rows = (await connection.execute(query)).all()
+        return [_domain(row) for row in rows]
+
+    async def next_check_at(self) -> datetime | None:
+        """When the earliest scheduled check is due (``None``: nothing is scheduled)."""
+        query = sa.select(sa.func.min(custom_domains.c.next_check_at))
+        async with self._transaction(self._reader) as connection:
+            value = (await connection.execute(query)).scalar_one_or_none()
+        return None if value is None else _aware(value)
+
+    async def record_check(
+        self, seen: CustomDomain, changes: dict[str, Any]
+    ) -> CustomDomain | None:
+        """Write the outcome of a check of ``seen``, unless the row changed since it was read.
+
+        ``changes`` are column values (``status``, ``checked_at``, ``next_check_at``,
+        ``failure_reason``, ``failed_checks``); a status change also sets
+        ``status_changed_at``. The write is conditional on ``updated_at``, so an operator's
+        change made while the check was in flight is never overwritten. ``None`` when the row
+        changed or is gone.
+        """
+        now = _now()
+        values = {**changes, "updated_at": now}
+        if "status" in changes and changes["status"] != seen.status:
+            values["status_changed_at"] = now
+        async with self._transaction(self._writer) as connection:
+            result = await connection.execute(
+                sa.update(custom_domains)
+                .where(
+                    custom_domains.c.domain == seen.domain,
+                    custom_domains.c.updated_at == seen.updated_at,
+                )
+                .values(values)
+                .returning(*_DOMAIN_COLUMNS)
+            )
+            row = result.one_or_none()
+        return None if row is None else _domain(row)
+
+    async def count_domains_by_status(self) -> dict[str, int]:
+        """How many custom domains have each status."""
+        query = sa.select(custom_domains.c.status, sa.func.count()).group_by(
+            custom_domains.c.status
+        )
+        async with self._transaction(self._reader) as connection:
+            rows = (await connection.execute(query)).all()
+        return {str(status): int(count) for status, count in rows}
 
     async def remove_domain(self, domain: str) -> None:
         """Remove a custom domain; ``DomainNotFound`` if missing."""

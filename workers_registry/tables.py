@@ -6,7 +6,8 @@ what the store builds its statements from and what autogenerate compares against
 to a table means a new migration. No I/O in this module.
 
 - ``workers``: one row per tenant; ``upstreams`` is the ordered list of base URLs.
-- ``custom_domains``: customer domains mapped to a worker (cascade on delete and rename).
+- ``custom_domains``: customer domains mapped to a worker (cascade on delete and rename), with
+  their onboarding state (verification token, check schedule, last failure).
 - ``registry_version``: a single row (``id = 1``) whose ``version`` every insert, update and
   delete on the two tables above bumps by one, through triggers, so edits made with plain SQL
   count too. On Postgres each change is also announced on the ``REGISTRY_CHANNEL`` channel
@@ -97,6 +98,9 @@ workers = sa.Table(
     sa.Column("max_concurrency", sa.Integer(), nullable=True),
     sa.Column("tags", _JSON, nullable=False, server_default=sa.text("'{}'")),
     *_timestamps(),
+    sa.Column("rate_limit", sa.Float(), nullable=True),
+    sa.Column("rate_burst", sa.Integer(), nullable=True),
+    sa.Column("client_rate_limit", sa.Float(), nullable=True),
 )
 
 custom_domains = sa.Table(
@@ -112,7 +116,16 @@ custom_domains = sa.Table(
     ),
     sa.Column("status", sa.Text(), nullable=False, server_default=sa.text("'pending'")),
     *_timestamps(),
-    sa.CheckConstraint("status IN ('pending', 'verified', 'active', 'failed')", name="status"),
+    # Onboarding (migration 0003): the TXT token, the check schedule and its outcome.
+    sa.Column("verification_token", sa.Text(), nullable=True),
+    sa.Column("status_changed_at", UTCDateTime(), nullable=True),
+    sa.Column("checked_at", UTCDateTime(), nullable=True),
+    sa.Column("next_check_at", UTCDateTime(), nullable=True, index=True),
+    sa.Column("failure_reason", sa.Text(), nullable=True),
+    sa.Column("failed_checks", sa.Integer(), nullable=False, server_default=sa.text("0")),
+    sa.CheckConstraint(
+        "status IN ('pending', 'verified', 'active', 'moved', 'failed')", name="status"
+    ),
 )
 
 registry_version = sa.Table(

@@ -10,6 +10,11 @@
     GET    /admin/domains/{domain}    -> 200 the custom domain
     PATCH  /admin/domains/{domain}    -> 200 the changed custom domain (status and/or worker)
     DELETE /admin/domains/{domain}    -> 204
+    POST   /admin/domains/{domain}/verify -> 200 the domain after a check made now
+
+Domains are answered with their verification record (``DomainRecord``); a new domain must
+pass ``dispatcher.onboarding.check_placement`` too (base domains, control hosts, names under
+a base domain unless vouched for with ``active``; README, "Custom domains: onboarding").
 
 The routes are served by the control plane, so only on control hosts. ``AdminGuard`` runs
 before any of them: with no ``admin_token`` configured every path answers 403
@@ -47,24 +52,37 @@ from dispatcher.errors import (
     PayloadTooLarge,
     RoutingError,
     Unauthorized,
+    UnsupportedMediaType,
     WorkerNotFound,
 )
 from dispatcher.hosts import normalize_domain
+from dispatcher.onboarding import (
+    DomainVerifier,
+    check_placement,
+    domain_records,
+    log_operator_status,
+)
 from dispatcher.settings import Settings
 from workers_registry.models import (
+    CheckedDomain,
+    CustomDomain,
     CustomDomainCreate,
     CustomDomainPatch,
+    DomainRecord,
     WorkerCreate,
 )
 from workers_registry.store import RegistryStore
 
-__all__ = ["MAX_ADMIN_BODY_BYTES", "AdminGuard", "admin_routes"]
+__all__ = ["MAX_ADMIN_BODY_BYTES", "MAX_JSON_DEPTH", "AdminGuard", "admin_routes"]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
 
 #: Admin bodies are a few hundred bytes; anything much larger is a mistake or an attack.
 MAX_ADMIN_BODY_BYTES = 1024 * 1024
+
+#: Admin bodies nest two levels (a worker's ``tags``); deeper is refused before parsing.
+MAX_JSON_DEPTH = 32
 
 _BEARER = b"bearer "
 _JSON_HEADERS = {"cache-control": "no-store"}
@@ -112,13 +130,23 @@ def _bearer_token(scope: Scope) -> bytes | None:
     return None
 
 
-def admin_routes(settings: Settings, store: Callable[[], RegistryStore]) -> list[BaseRoute]:
+def admin_routes(
+    settings: Settings,
+    store: Callable[[], RegistryStore],
+    verifier: Callable[[], DomainVerifier],
+) -> list[BaseRoute]:
     """The ``/admin`` routes, guarded by ``AdminGuard``.
 
-    ``store`` returns the running dispatcher's registry store (it raises
-    ``RegistryUnavailable`` before the lifespan has opened one).
+    ``store`` and ``verifier`` return the running dispatcher's registry store and domain
+    verifier (they raise ``RegistryUnavailable`` before the lifespan has opened them).
     """
-    context = {"reserved_names": settings.reserved}
+    context = settings.registration_context
+
+    async def records(domains: list[CustomDomain]) -> list[DomainRecord]:
+        return await domain_records(store(), settings, domains)
+
+    async def record(domain: CustomDomain) -> DomainRecord:
+        return (await records([domain]))[0]
 
     def worker_name(request: Request) -> str:
         value = str(request.path_params["name"])
@@ -167,24 +195,36 @@ def admin_routes(settings: Settings, store: Callable[[], RegistryStore]) -> list
                 worker = settings.validate_worker_name(worker)
             except RoutingError as exc:
                 raise _invalid("worker", exc.message) from None
-        return _json(DomainList(domains=await store().list_domains(worker)))
+        domains = await store().list_domains(worker)
+        return _json(DomainList(domains=await records(domains)))
 
     async def create_domain(request: Request) -> Response:
         spec = _validate(CustomDomainCreate, await _read_json(request), context)
+        check_placement(spec, settings)
         domain = await store().add_domain(spec)
-        return _json(domain, 201, location=f"/admin/domains/{domain.domain}")
+        verifier().wake()
+        return _json(await record(domain), 201, location=f"/admin/domains/{domain.domain}")
 
     async def show_domain(request: Request) -> Response:
         key = _domain_param(request)
         domain = await store().get_domain(key)
         if domain is None:
             raise _domain_missing(key)
-        return _json(domain)
+        return _json(await record(domain))
 
     async def update_domain(request: Request) -> Response:
         key = _domain_param(request)
         patch = _validate(CustomDomainPatch, await _read_json(request), context)
-        return _json(await store().update_domain(key, patch))
+        domain = await store().update_domain(key, patch)
+        if patch.status is not None:
+            log_operator_status(domain, "admin API")
+            verifier().wake()
+        return _json(await record(domain))
+
+    async def verify_domain(request: Request) -> Response:
+        report = await verifier().check(_domain_param(request))
+        shown = await record(report.domain)
+        return _json(CheckedDomain(**dict(shown), check=report.model()))
 
     async def remove_domain(request: Request) -> Response:
         await store().remove_domain(_domain_param(request))
@@ -201,6 +241,7 @@ def admin_routes(settings: Settings, store: Callable[[], RegistryStore]) -> list
         "getDomain": show_domain,
         "updateDomain": update_domain,
         "deleteDomain": remove_domain,
+        "verifyDomain": verify_domain,
     }
     paths: dict[str, list[Operation]] = {}
     for operation in ADMIN_OPERATIONS:
@@ -271,7 +312,15 @@ def _domain_param(request: Request) -> str:
 
 
 async def _read_json(request: Request) -> Any:
-    """The request body parsed as JSON, read up to ``MAX_ADMIN_BODY_BYTES``."""
+    """The request body parsed as JSON, read up to ``MAX_ADMIN_BODY_BYTES``.
+
+    Only a body declared ``application/json`` (parameters allowed) is read: anything else is
+    415, so a form a browser can send cross-site without a preflight is never taken for JSON.
+    Nesting deeper than ``MAX_JSON_DEPTH`` is 400, decided before the parser recurses.
+    """
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType("Admin request bodies must be sent as application/json")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -281,6 +330,8 @@ async def _read_json(request: Request) -> Any:
             )
     if not body:
         raise _invalid("body", "A JSON object is required")
+    if _nesting(body) > MAX_JSON_DEPTH:
+        raise _invalid("body", f"The body is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = json.loads(body, parse_constant=_reject_constant)
         # "\ud800" escapes decode to lone surrogates, which no database can store as text
@@ -289,6 +340,29 @@ async def _read_json(request: Request) -> Any:
     except (UnicodeError, ValueError):
         raise _invalid("body", "The body is not valid JSON") from None
     return data
+
+
+def _nesting(body: bytes | bytearray) -> int:
+    """The deepest nesting of arrays and objects in a JSON text (brackets inside strings
+    are not counted), found without recursion."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
 
 
 def _reject_constant(name: str) -> Any:

@@ -28,6 +28,7 @@ from dispatcher.errors import (
     NotFound,
 )
 from dispatcher.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from dispatcher.onboarding import DomainVerifier
 from dispatcher.responses import error_body
 from dispatcher.settings import Settings
 from workers_registry.store import RegistryStore
@@ -53,6 +54,11 @@ class ControlState(Protocol):
     @property
     def registry(self) -> RegistryStore:
         """The open registry store; raises ``RegistryUnavailable`` before start-up."""
+        ...
+
+    @property
+    def verifier(self) -> DomainVerifier:
+        """The domain verifier; raises ``RegistryUnavailable`` before start-up."""
         ...
 
 
@@ -132,7 +138,10 @@ def create_control_app(settings: Settings, state: ControlState) -> Starlette:
         for operation in CONTROL_OPERATIONS
         for path in (operation.path, *operation.aliases)
     ]
-    routes += [*docs_routes(), *admin_routes(settings, lambda: state.registry)]
+    routes += [
+        *docs_routes(),
+        *admin_routes(settings, lambda: state.registry, lambda: state.verifier),
+    ]
     return Starlette(
         routes=routes,
         exception_handlers={

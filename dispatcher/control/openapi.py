@@ -55,6 +55,12 @@ _ERRORS: Final = [
     ("404", "NoCertificate", "domain_not_found", "No certificate for this host."),
     ("409", "Conflict", "conflict", "Already registered."),
     ("413", "PayloadTooLarge", "payload_too_large", "Request body too large."),
+    (
+        "415",
+        "UnsupportedMediaType",
+        "unsupported_media_type",
+        "The body is not declared `application/json`.",
+    ),
     ("503", "RegistryUnavailable", "registry_unavailable", "The registry cannot be reached."),
 ]
 
@@ -93,7 +99,7 @@ def _components() -> dict[str, Any]:
     schemas: dict[str, Any] = top["$defs"]
     for name in ("WorkerCreate", "Worker"):
         _describe_worker_fields(schemas[name])
-    for name in ("CustomDomainCreate", "CustomDomain"):
+    for name in ("CustomDomainCreate", "DomainRecord", "CheckedDomain"):
         schemas[name]["properties"]["worker"].update(_worker_name_schema())
         schemas[name]["properties"]["domain"].update(_domain_schema())
     patch_worker = schemas["CustomDomainPatch"]["properties"]["worker"]["anyOf"][0]
@@ -252,7 +258,7 @@ def _operation(declared: Operation) -> dict[str, Any]:
     if declared.admin:  # the guard answers these before any handler runs
         errors += ["Unauthorized", "AdminDisabled", "RegistryUnavailable"]
         if declared.body is not None:
-            errors.append("PayloadTooLarge")
+            errors += ["PayloadTooLarge", "UnsupportedMediaType"]
     operation["responses"] = {
         **{status: _answer(answer) for status, answer in declared.answers.items()},
         **_errors(*errors),

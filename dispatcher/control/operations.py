@@ -25,9 +25,10 @@ from dispatcher.control.schemas import (
     WorkerList,
 )
 from workers_registry.models import (
-    CustomDomain,
+    CheckedDomain,
     CustomDomainCreate,
     CustomDomainPatch,
+    DomainRecord,
     Worker,
     WorkerCreate,
 )
@@ -258,7 +259,12 @@ ADMIN_OPERATIONS: Final = (
         "/admin/domains",
         "createDomain",
         "Register a custom domain",
-        {"201": Answer("The stored custom domain", CustomDomain)},
+        {
+            "201": Answer(
+                "The stored custom domain, with the records the customer must create",
+                DomainRecord,
+            )
+        },
         tag="domains",
         errors=("InvalidRequest", "Conflict"),
         body=CustomDomainCreate,
@@ -270,7 +276,7 @@ ADMIN_OPERATIONS: Final = (
         "/admin/domains/{domain}",
         "getDomain",
         "Show a custom domain",
-        {"200": Answer("The custom domain", CustomDomain)},
+        {"200": Answer("The custom domain and its verification record", DomainRecord)},
         tag="domains",
         errors=("InvalidRequest", "DomainNotFound"),
         parameters=(_DOMAIN,),
@@ -281,7 +287,7 @@ ADMIN_OPERATIONS: Final = (
         "/admin/domains/{domain}",
         "updateDomain",
         "Change a custom domain's status and/or worker",
-        {"200": Answer("The changed custom domain", CustomDomain)},
+        {"200": Answer("The changed custom domain", DomainRecord)},
         tag="domains",
         errors=("InvalidRequest", "DomainNotFound"),
         body=CustomDomainPatch,
@@ -296,6 +302,19 @@ ADMIN_OPERATIONS: Final = (
         "Remove a custom domain",
         {"204": _DELETED},
         tag="domains",
+        errors=("InvalidRequest", "DomainNotFound"),
+        parameters=(_DOMAIN,),
+        admin=True,
+    ),
+    Operation(
+        "POST",
+        "/admin/domains/{domain}/verify",
+        "verifyDomain",
+        "Check a custom domain's DNS records now",
+        {"200": Answer("The domain after the check, and the check's result", CheckedDomain)},
+        tag="domains",
+        description="Runs the verifier's check at once, whatever the schedule, and writes its "
+        'outcome (README, "Custom domains: onboarding").',
         errors=("InvalidRequest", "DomainNotFound"),
         parameters=(_DOMAIN,),
         admin=True,

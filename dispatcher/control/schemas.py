@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from workers_registry.models import CustomDomain, Worker
+from workers_registry.models import DomainRecord, Worker
 
 __all__ = [
     "DispatchInfo",
@@ -120,4 +120,4 @@ class WorkerList(BaseModel):
 class DomainList(BaseModel):
     """The body of ``GET /admin/domains``."""
 
-    domains: list[CustomDomain]
+    domains: list[DomainRecord]

@@ -21,6 +21,15 @@ reading paused meanwhile), ``Expect: 100-continue``, flow control both ways, Web
 handed to uvicorn's WebSocket protocol, ``limit_concurrency``, graceful shutdown. A request
 head larger than uvicorn's ``h11_max_incomplete_event_size`` is answered 431, a malformed one
 400, both in the dispatcher's JSON error shape, and the connection is closed.
+
+Deadlines (``dispatcher.asgi.ServerLimits``, from the application's lifespan state): a
+request head must arrive whole within ``request_head_timeout`` of its first byte (408 and
+close), and a request body still due may go ``request_body_timeout`` without a byte (the
+application's ``receive`` raises ``RequestTimeout``; the connection closes after its answer).
+One timer per connection carries these and the keep-alive timeout. A request the parser
+refuses is never started, even if its head had parsed: nothing of it reaches the application.
+Trailers of a chunked body are dropped; an absolute-form target's authority replaces the Host
+header (RFC 9112 3.2.2).
 """
 
 from dispatcher.h1server.protocol import H1Protocol

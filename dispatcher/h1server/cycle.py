@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 
 from dispatcher.asgi import Message, header_lines
+from dispatcher.errors import RequestTimeout
 
 if TYPE_CHECKING:
     from dispatcher.h1server.protocol import H1Protocol
@@ -110,6 +111,7 @@ class Cycle:
         "scope",
         "started",
         "task",
+        "timed_out",
     )
 
     def __init__(
@@ -123,6 +125,7 @@ class Cycle:
         self.started = False
         self.complete = False
         self.more_body = True
+        self.timed_out = False  # the request body stalled past request_body_timeout
         self._expect_100 = expect_100
         self._head_only = scope["method"] == "HEAD"
         self._chunks: list[bytes] = []
@@ -142,6 +145,21 @@ class Cycle:
             self.conn.pause_reading()
         self.wake()
 
+    @property
+    def awaiting_continue(self) -> bool:
+        """The client waits for ``100 Continue`` before sending the body (not sent yet)."""
+        return self._expect_100
+
+    def time_out(self) -> None:
+        """The request body stalled: ``receive`` raises ``RequestTimeout`` from now on.
+
+        The application answers that as any error (the gateway: 408 in its JSON shape, under
+        its request id, in its access log); the connection closes after the answer, since the
+        rest of the body never came.
+        """
+        self.timed_out = True
+        self.wake()
+
     def wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -158,6 +176,8 @@ class Cycle:
         while True:
             if self.disconnected or self.complete:
                 return {"type": "http.disconnect"}
+            if self.timed_out:
+                raise RequestTimeout("The request body was not received in time")
             chunks = self._chunks
             if chunks or not (self.more_body or self._delivered):
                 body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -222,7 +242,9 @@ class Cycle:
                 raise RuntimeError("Response content shorter than Content-Length")
             self.complete = True
             self.wake()
-            if not self.keep_alive:
+            # A request body still due when its answer is complete (refused early: 413, a bad
+            # Content-Length, a timeout) would be read as the next request: close instead.
+            if not self.keep_alive or self.more_body:
                 conn.transport.close()
             conn.response_complete(self)
 
@@ -247,6 +269,10 @@ class Cycle:
         elif type(headers) is not list:
             headers = list(headers)  # walked twice below
         self._chunked, self._remaining = False, -1
+        if self.more_body:
+            # Answered before the request body ended: the rest of it cannot be told apart
+            # from a next request, so this is the connection's last answer.
+            self.keep_alive = False
         framed = self._head_only
         if status in NO_BODY_STATUS or status < 200:
             framed, self._remaining = True, 0  # no body allowed, whatever the headers say

@@ -14,8 +14,8 @@ from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 from uvicorn.server import ServerState
 
-from dispatcher.asgi import REQUEST_IDS
-from dispatcher.errors import DispatcherError, HeadersTooLarge, InvalidRequest
+from dispatcher.asgi import DEFAULT_LIMITS, LIMITS_STATE_KEY, REQUEST_IDS, ServerLimits
+from dispatcher.errors import DispatcherError, HeadersTooLarge, InvalidRequest, RequestTimeout
 from dispatcher.h1server.cycle import (
     CLOSE_HEADER,
     STATUS_LINES,
@@ -36,6 +36,10 @@ _SEP: Final = b": "
 
 class _HeadTooLarge(Exception):
     """Raised from a parser callback: the request head passed the size limit."""
+
+
+class _InvalidTarget(Exception):
+    """Raised from a parser callback: the request target cannot be forwarded."""
 
 
 class H1Protocol(asyncio.Protocol):
@@ -61,6 +65,12 @@ class H1Protocol(asyncio.Protocol):
         self.root_path = config.root_path
         self.limit_concurrency = config.limit_concurrency
         self.keepalive_timeout = float(config.timeout_keep_alive)
+        limits: ServerLimits = app_state.get(LIMITS_STATE_KEY, DEFAULT_LIMITS)
+        self.head_timeout = limits.request_head_timeout
+        self.body_timeout = limits.request_body_timeout
+        # The longest the timer sleeps while a deadline could start unseen: a head beginning
+        # on an idle connection, or a body beginning after a head that began meanwhile.
+        self._tick = min(self.head_timeout, self.body_timeout)
         self.head_limit = config.h11_max_incomplete_event_size or 1024 * 1024
         self.asgi = {"version": config.asgi_version, "spec_version": "2.3"}
         self.parser: Any = httptools.HttpRequestParser(self)
@@ -79,13 +89,19 @@ class H1Protocol(asyncio.Protocol):
         self._parsing: Cycle | None = None  # the newest request: its body goes here
         self._idle_since = 0.0
         self._idle = True
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # see "deadlines" below
+        self._head_since = 0.0  # when the unfinished head began
+        self._read_at = 0.0  # when a read last brought (or could have brought) body bytes
+        self._start_next: Cycle | None = None  # parsed in this read, started once it parsed
 
         # The request being parsed.
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0  # of the complete parts of the head (URL, headers)
         self._in_head = False  # a request head has begun and not ended
+        self._in_body = False  # a request head has ended and its body not
+        self._body_in_read = False  # the read being parsed carried body bytes
+        self._framing = 0  # bytes of reads inside a body that carried no body bytes
         self._head_received = 0  # bytes received while a head was unfinished
         self._ended = False  # a request ended in the read being parsed
         self._expect_100 = False
@@ -112,9 +128,9 @@ class H1Protocol(asyncio.Protocol):
                     cycle.disconnected = True
                 cycle.wake()
         self._wake_drain()
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.parser = None  # breaks the parser <-> protocol reference cycle
 
     def data_received(self, data: bytes) -> None:
@@ -124,24 +140,49 @@ class H1Protocol(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             if self._websocket_requested():
+                self._start_next = None
                 self._upgrade_to_websocket()
-            else:
-                _log.warning("Unsupported upgrade request.")
+                return
+            _log.warning("Unsupported upgrade request.")
         except httptools.HttpParserError as exc:
+            # Nothing parsed in this read has started: a request the parser refused after
+            # its head (a bad Transfer-Encoding, a bad chunk) never reaches the application.
+            self._start_next = None
             if isinstance(exc.__context__, _HeadTooLarge):
                 self._reject(HeadersTooLarge("The request head is too large"))
             else:
                 _log.warning("Invalid HTTP request received.")
                 self._reject(InvalidRequest("Invalid HTTP request received"))
             return
-        if self._in_head and (continued or not self._ended):
-            # The parser keeps an unfinished header in memory however long it grows: count
-            # what arrives until the head ends. A read that also ended an earlier request is
-            # not counted (how much of it is head is unknown): the limit is then met at most
-            # one read late.
-            self._head_received += len(data)
+        cycle = self._start_next
+        if cycle is not None:
+            self._start_next = None
+            self._start(cycle)
+        if self._in_head:
+            if continued and not self._ended:
+                # The parser keeps an unfinished header in memory however long it grows:
+                # count what arrives until the head ends.
+                self._head_received += len(data)
+            else:
+                # A head began in this read. A read that also ended an earlier request is
+                # not counted (how much of it is head is unknown): the limit is then met at
+                # most one read late.
+                self._head_since = self.loop.time()
+                if not self._ended:
+                    self._head_received += len(data)
             if self._head_received > self.head_limit:
                 self._reject(HeadersTooLarge("The request head is too large"))
+        elif self._in_body:
+            self._read_at = self.loop.time()
+            if self._body_in_read:
+                self._body_in_read = False
+                self._framing = 0
+            else:
+                # Chunk sizes, chunk extensions and trailers, which the parser gathers like a
+                # head and max_body_bytes does not count: held to the head's limit.
+                self._framing += len(data)
+                if self._framing > self.head_limit:
+                    self._reject(HeadersTooLarge("The request trailers are too large"))
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -155,9 +196,12 @@ class H1Protocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._idle = False
         self._url = b""
-        self._headers = []
         self._head_bytes = 0
         self._in_head = True
+        if self._headers:  # trailers of the previous request
+            self._headers = []
+        if self._timer is None:  # stopped while a request was being answered
+            self._timer = self.loop.call_later(self._tick, self._check_deadlines)
         self._head_received = 0
         self._expect_100 = False
 
@@ -184,13 +228,30 @@ class H1Protocol(asyncio.Protocol):
         parser = self.parser
         if parser.should_upgrade() and self._websocket_requested():
             return  # data_received hands the connection over when the parser stops
+        self._in_body = True  # until on_message_complete, in this read for most requests
+        headers = self._headers
+        # Header lines parsed from here on are trailers of a chunked body: they go to a list
+        # no request sees, and are dropped with it.
+        self._headers = []
         version = parser.get_http_version()
         url = self._url
-        if url[:1] == b"/" and b"#" not in url:
+        # find, not "in": in CPython 3.11 "in" on bytes first tries its operand as an integer,
+        # raising and clearing a TypeError on every request.
+        if url[:1] == b"/" and url.find(b"#") < 0:
             raw_path, _, query = url.partition(b"?")
         else:
             parsed = httptools.parse_url(url)
             raw_path, query = parsed.path, parsed.query or b""
+            if parsed.host:
+                # RFC 9112 section 3.2.2: the authority of an absolute-form target is the
+                # request's host; the Host header is replaced by it.
+                if b"@" in url.partition(b"//")[2].partition(b"/")[0]:
+                    raise _InvalidTarget  # userinfo in a request target: never legitimate
+                authority = parsed.host
+                if parsed.port is not None:
+                    authority += b":%d" % parsed.port
+                headers = [(n, v) for n, v in headers if n != b"host"]
+                headers.append((b"host", authority))
         path = raw_path.decode("ascii")
         if "%" in path:
             path = unquote(path)
@@ -207,7 +268,7 @@ class H1Protocol(asyncio.Protocol):
             "path": root_path + path if root_path else path,
             "raw_path": root_path.encode("ascii") + raw_path if root_path else raw_path,
             "query_string": query,
-            "headers": self._headers,
+            "headers": headers,
             "state": self.app_state.copy(),
         }
         cycle = Cycle(
@@ -220,19 +281,21 @@ class H1Protocol(asyncio.Protocol):
         current = self.cycle
         if current is None or current.complete:
             self.cycle = cycle
-            self._start(cycle)
+            self._start_next = cycle  # started when the parser is done with this read
         else:
             # Pipelined: answered in order, one at a time; stop reading meanwhile.
             self.pause_reading()
             self.pipeline.append(cycle)
 
     def on_body(self, body: bytes) -> None:
+        self._body_in_read = True
         cycle = self._parsing
         if cycle is not None and not cycle.complete:
             cycle.body_received(body)
 
     def on_message_complete(self) -> None:
         self._ended = True
+        self._in_body = False
         cycle = self._parsing
         if cycle is not None and not cycle.complete:
             cycle.more_body = False
@@ -253,6 +316,12 @@ class H1Protocol(asyncio.Protocol):
         try:
             result = await app(cycle.scope, cycle.receive, cycle.send)
         except BaseException as exc:
+            if cycle.timed_out and isinstance(exc, RequestTimeout):
+                if not cycle.started:
+                    self._reject(exc)
+                else:
+                    self.transport.close()
+                return
             _log.error("Exception in ASGI application\n", exc_info=exc)
             if not cycle.started:
                 await cycle.send_500()
@@ -264,6 +333,8 @@ class H1Protocol(asyncio.Protocol):
             if result is not None:
                 _log.error("ASGI callable should return None, but returned '%s'.", result)
                 self.transport.close()
+            elif cycle.timed_out and not cycle.started:
+                self._reject(RequestTimeout("The request body was not received in time"))
             elif not cycle.started and not cycle.disconnected:
                 _log.error("ASGI callable returned without starting response.")
                 await cycle.send_500()
@@ -297,18 +368,55 @@ class H1Protocol(asyncio.Protocol):
     def _become_idle(self) -> None:
         self._idle = True
         self._idle_since = self.loop.time()
-        if self._idle_timer is None:
-            self._idle_timer = self.loop.call_later(self.keepalive_timeout, self._idle_check)
+        if self._timer is None:
+            self._timer = self.loop.call_later(
+                min(self.keepalive_timeout, self._tick), self._check_deadlines
+            )
 
-    def _idle_check(self) -> None:
-        self._idle_timer = None
-        if not self._idle or self.transport.is_closing():
-            return  # a request is in progress: re-armed when it completes
-        left = self._idle_since + self.keepalive_timeout - self.loop.time()
-        if left <= 0:
-            self.transport.close()
+    def _check_deadlines(self) -> None:
+        """The connection's one timer: keep-alive, request head and request body deadlines.
+
+        It runs while the connection waits on the client (idle, inside a head, or inside a
+        body still due) and stops while a request is being answered; starting a head or
+        becoming idle re-arms it if it stopped. Nothing is armed or cancelled per request:
+        while idle or inside a head it fires at least every ``min(request_head_timeout,
+        request_body_timeout)``, so a head or a body that begins meanwhile is seen, and
+        re-armed for its own deadline.
+        """
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if self._in_head:
+            current = self.cycle
+            if current is not None and not current.complete:
+                # Pipelined behind a request still being answered (reading is paused).
+                left = self._tick
+            else:
+                left = self._head_since + self.head_timeout - now
+                if left <= 0:
+                    self._reject(RequestTimeout("The request head was not received in time"))
+                    return
+                left = min(left, self._tick)  # the body may begin (and need its deadline)
+        elif self._in_body:
+            cycle = self._parsing
+            if self.read_paused or (cycle is not None and cycle.awaiting_continue):
+                left = self.body_timeout  # waiting on us, not on the client
+            else:
+                left = self._read_at + self.body_timeout - now
+                if left <= 0:
+                    if cycle is not None:
+                        cycle.time_out()  # its receive raises RequestTimeout
+                    return  # the connection closes once the request is answered
+        elif self._idle:
+            left = self._idle_since + self.keepalive_timeout - now
+            if left <= 0:
+                self.transport.close()
+                return
+            left = min(left, self._tick)
         else:
-            self._idle_timer = self.loop.call_later(left, self._idle_check)
+            return  # a request is being answered: re-armed by the next head or idle time
+        self._timer = self.loop.call_later(left, self._check_deadlines)
 
     # -- flow control ----------------------------------------------------------------------
 
@@ -320,6 +428,7 @@ class H1Protocol(asyncio.Protocol):
     def resume_reading(self) -> None:
         if self.read_paused:
             self.read_paused = False
+            self._read_at = self.loop.time()  # the body deadline counts from here again
             self.transport.resume_reading()
 
     async def drain(self) -> None:
@@ -373,9 +482,9 @@ class H1Protocol(asyncio.Protocol):
     def _upgrade_to_websocket(self) -> None:
         """Replay the request head into uvicorn's WebSocket protocol and hand it the socket."""
         self.connections.discard(self)
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         method = self.parser.get_method()
         parts = [method, b" ", self._url, b" HTTP/1.1\r\n"]
         for name, value in self._headers:

@@ -33,6 +33,10 @@ _RESUME_BELOW: Final = 64 * 1024  # ... and below which it resumes
 _HEAD, _BODY, _DONE, _FAILED = 0, 1, 2, 3
 
 
+class _BadStatus(Exception):
+    """Raised from a parser callback: a status code the dispatcher does not relay."""
+
+
 class StaleConnection(UpstreamUnavailable):
     """A reused keep-alive connection closed before sending a byte: safe to retry once."""
 
@@ -48,6 +52,7 @@ class H1Exchange:
         "_conn",
         "_deadlines",
         "_error",
+        "_head_left",
         "_head_only",
         "_idle_timeout",
         "_interim",
@@ -64,7 +69,13 @@ class H1Exchange:
     )
 
     def __init__(
-        self, conn: Connection, *, head_only: bool, reused: bool, idle_timeout: float
+        self,
+        conn: Connection,
+        *,
+        head_only: bool,
+        reused: bool,
+        idle_timeout: float,
+        max_head: int = 65536,
     ) -> None:
         self.status = 0
         self.headers: Headers = []
@@ -73,6 +84,7 @@ class H1Exchange:
         # A fresh parser per exchange: after a HEAD response llhttp would wait for a body.
         self._parser: Any = httptools.HttpResponseParser(self)  # None once the exchange ends
         self._state = _HEAD
+        self._head_left = max_head  # bytes the response head (with interim ones) may still take
         self._head_only = head_only
         self._reused = reused
         self._idle_timeout = idle_timeout
@@ -102,7 +114,11 @@ class H1Exchange:
         if self._state != _HEAD:
             return
         status = self._parser.get_status_code()
-        if status < 200 and status != 101:
+        if status < 200 or status > 599:
+            if status < 100 or status > 599 or status == 101:
+                # Outside RFC 9110's range, or switching protocols on a request that never
+                # asked to (WebSockets have their own client): not a response to relay.
+                raise _BadStatus
             # Interim (100 Continue, 103 Early Hints): the final response follows.
             self._interim = True
             self.headers = []
@@ -112,8 +128,6 @@ class H1Exchange:
         self._cancel_timer()
         if self._head_only or status in (204, 304):
             self._finish(self._parser.should_keep_alive())
-        elif status == 101:
-            self._finish(False)  # the connection now speaks another protocol
         wake(self._waiter)
 
     def on_body(self, body: bytes) -> None:
@@ -139,9 +153,15 @@ class H1Exchange:
     def feed(self, data: bytes) -> None:
         self._received = True
         try:
+            if self._state == _HEAD:
+                left = self._head_left - len(data)
+                if left < 0:
+                    self._feed_head_at_most(data)
+                    return
+                self._head_left = left
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            pass  # a 101: the exchange already ended at its head
+            pass  # never a 101 (refused at its head); llhttp's view of an upgrade ends here
         except httptools.HttpParserError as exc:
             if self._state == _HEAD:
                 self._fail(
@@ -153,6 +173,20 @@ class H1Exchange:
                 self._keep_alive = False
         if self._state == _DONE:
             self._settle()
+
+    def _feed_head_at_most(self, data: bytes) -> None:
+        """Parse no more than the head's remaining allowance; fail if the head goes on.
+
+        llhttp keeps an unfinished header value in memory: without this a single header of
+        many megabytes would be gathered (and copied) whole before anything could refuse it.
+        """
+        room = self._head_left
+        self._head_left = 0
+        self._parser.feed_data(data[:room])
+        if self._state == _HEAD:
+            self._fail(UpstreamUnavailable("The worker's upstream sent a response head too large"))
+            return
+        self.feed(data[room:])
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._state == _HEAD:

@@ -14,7 +14,9 @@ anything unfinished (an error, a timeout, ``aclose()`` mid-body, a cancelled cal
 
 Errors, with our own messages and the socket error chained:
 
-- connect refused or timed out, reset/EOF or a malformed answer before the head: UpstreamUnavailable
+- connect refused or timed out, reset/EOF, a malformed answer, a response head (interim heads
+  included) larger than ``max_response_head`` bytes, a status outside 100-599 or a ``101``
+  (this client never asks to switch protocols): UpstreamUnavailable
   (a reused idle connection found dead is retried once on a new one for a bodiless
   idempotent request)
 - no head within ``response_timeout`` of the request being sent (its last body byte written),
@@ -32,6 +34,8 @@ from typing import Final, cast
 
 from dispatcher.asgi import header_lines
 from dispatcher.errors import UpstreamConnectFailed, UpstreamUnavailable
+from dispatcher.networks import UpstreamNetworks
+from dispatcher.proxy._addresses import allowed_addresses
 from dispatcher.proxy._h1exchange import H1Exchange, StaleConnection, wake
 from dispatcher.proxy.coarse import CoarseTimers
 from dispatcher.proxy.transport import Headers, Origin, RequestBody, UpstreamResponse
@@ -111,8 +115,12 @@ class H1Pool:
         max_idle_per_origin: int = 64,
         idle_timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        max_response_head: int = 65536,
+        networks: UpstreamNetworks | None = None,
     ) -> None:
+        self._networks = networks
         self._max_idle = max_idle_per_origin
+        self._max_head = max_response_head
         self._idle_timeout = idle_timeout
         self._ssl_context = ssl_context
         self._idle: dict[Origin, list[Connection]] = {}
@@ -147,7 +155,13 @@ class H1Pool:
         head_only = method == b"HEAD"
         conn = self._checkout(origin)
         if conn is not None:
-            exchange = H1Exchange(conn, head_only=head_only, reused=True, idle_timeout=idle_timeout)
+            exchange = H1Exchange(
+                conn,
+                head_only=head_only,
+                reused=True,
+                idle_timeout=idle_timeout,
+                max_head=self._max_head,
+            )
             exchange.start(head, body, response_timeout)
             try:
                 return await exchange.wait_head()
@@ -157,7 +171,13 @@ class H1Pool:
                         "The worker's upstream closed the connection"
                     ) from exc
         conn = await self._connect(origin, connect_timeout)
-        exchange = H1Exchange(conn, head_only=head_only, reused=False, idle_timeout=idle_timeout)
+        exchange = H1Exchange(
+            conn,
+            head_only=head_only,
+            reused=False,
+            idle_timeout=idle_timeout,
+            max_head=self._max_head,
+        )
         exchange.start(head, body, response_timeout)
         return await exchange.wait_head()
 
@@ -185,13 +205,22 @@ class H1Pool:
             context = self._ssl_context
         try:
             async with asyncio.timeout(connect_timeout):
-                await loop.create_connection(
-                    lambda: conn,
-                    origin.host,
-                    origin.port,
-                    ssl=context,
-                    server_hostname=origin.host if context is not None else None,
-                )
+                hosts = [origin.host]
+                if self._networks is not None:
+                    hosts = await allowed_addresses(self._networks, origin.host, origin.port, loop)
+                for position, host in enumerate(hosts):
+                    try:
+                        await loop.create_connection(
+                            lambda: conn,
+                            host,
+                            origin.port,
+                            ssl=context,
+                            server_hostname=origin.host if context is not None else None,
+                        )
+                        break
+                    except OSError:
+                        if position == len(hosts) - 1:
+                            raise
         except TimeoutError as exc:
             if hasattr(conn, "transport"):
                 conn.close(abort=True)  # connected just as the deadline passed

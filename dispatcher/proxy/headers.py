@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from dispatcher.asgi import Headers, RequestIds, Scope
-from dispatcher.errors import HeadersTooLarge, InvalidRequest, LoopDetected
+from dispatcher.errors import HeadersTooLarge, InvalidHost, InvalidRequest, LoopDetected
 from dispatcher.memo import Memo
 
 if TYPE_CHECKING:
@@ -25,12 +25,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HOP_BY_HOP",
+    "PROXY_INFO",
     "ForwardContext",
     "HeaderPolicy",
     "RequestHeaders",
     "TrustPolicy",
     "filter_response_headers",
     "forward_context",
+    "scope_cookie",
 ]
 
 #: RFC 9110 section 7.6.1 plus the legacy ones every proxy strips.
@@ -55,18 +57,47 @@ _CONNECTION_PROTECTED: Final = frozenset({b"host", b"content-length"})
 # Tokens of a ``Connection`` header that leave nothing more to remove.
 _NOT_NAMEABLE: Final = HOP_BY_HOP | _CONNECTION_PROTECTED
 
-# Headers we always set ourselves on the upstream request (any incoming copy is dropped).
-_OURS: Final = frozenset(
+# What else a client may claim about the hops before it, in the spellings proxies and
+# frameworks read (nginx's X-Real-IP, Akamai/Cloudflare's True-Client-IP, IIS's
+# X-Original-URL / X-Rewrite-URL, which some frameworks route by). Like ``Forwarded``: passed
+# on from a trusted peer, dropped from anyone else.
+PROXY_INFO: Final = frozenset(
     {
-        b"host",
-        b"x-request-id",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-forwarded-prefix",
-        b"via",
+        b"x-real-ip",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"client-ip",
+        b"x-cluster-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        b"x-forwarded-port",
+        b"x-forwarded-server",
+        b"x-forwarded-scheme",
+        b"x-forwarded-ssl",
+        b"x-forwarded-protocol",
+        b"x-url-scheme",
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-original-host",
+        b"x-host",
         b"forwarded",
     }
+)
+
+# Headers we set ourselves on the upstream request, or pass on only from a trusted peer.
+_OURS: Final = (
+    frozenset(
+        {
+            b"host",
+            b"x-request-id",
+            b"x-forwarded-for",
+            b"x-forwarded-proto",
+            b"x-forwarded-host",
+            b"x-forwarded-prefix",
+            b"via",
+        }
+    )
+    | PROXY_INFO
 )
 
 
@@ -165,7 +196,7 @@ class HeaderPolicy:
         forwarded_proto: bytes | None = None
         forwarded_host: bytes | None = None
         via: list[bytes] = []
-        client_host: bytes = b""
+        client_host: bytes | None = None
         request_id: bytes | None = None
         lengths: list[bytes] = []
         chunked = False
@@ -178,10 +209,16 @@ class HeaderPolicy:
                         named = set()
                     named.update(token.strip().lower() for token in value.split(b","))
                 elif name == b"transfer-encoding":
-                    chunked = chunked or value.strip().lower().endswith(b"chunked")
+                    # Exactly one "chunked" and nothing else: a coding we would not undo
+                    # (gzip, identity, parameters) could frame the body differently upstream.
+                    if chunked or value.strip().lower() != b"chunked":
+                        raise _framing_error("Unsupported Transfer-Encoding")
+                    chunked = True
                 continue
             if name in _OURS:
                 if name == b"host":
+                    if client_host is not None:  # RFC 9112 section 3.2
+                        raise InvalidHost("More than one Host header")
                     client_host = value
                 elif name == b"x-request-id":
                     request_id = value if request_id is None else request_id
@@ -194,7 +231,7 @@ class HeaderPolicy:
                         forwarded_proto = value
                     elif name == b"x-forwarded-host":
                         forwarded_host = value
-                    elif name == b"forwarded":
+                    elif name in PROXY_INFO:
                         kept.append((name, value))
                 continue
             if name.startswith(b"x-dispatch-"):
@@ -242,7 +279,7 @@ class HeaderPolicy:
             kept.append((b"x-forwarded-prefix", context.prefix.encode("ascii")))
         kept += (
             (b"x-forwarded-proto", forwarded_proto or context.scheme.encode("ascii")),
-            (b"x-forwarded-host", forwarded_host or client_host),
+            (b"x-forwarded-host", forwarded_host or client_host or b""),
             (b"via", token),
             (b"x-request-id", rid_bytes),
             (b"x-dispatch-worker", context.worker.encode("ascii")),
@@ -251,50 +288,100 @@ class HeaderPolicy:
         return RequestHeaders(kept, content_length, chunked, rid, rid_bytes)
 
 
+def scope_cookie(value: bytes, path_prefix: bytes, base_domains: tuple[bytes, ...]) -> bytes:
+    """A ``Set-Cookie`` value kept to the tenant that set it (like nginx's
+    ``proxy_cookie_domain`` and ``proxy_cookie_path``).
+
+    - A ``Domain`` attribute naming a base domain or a parent of one (``example.com``, ``com``)
+      would hand the cookie to every tenant's subdomain: it is dropped, which leaves a
+      host-only cookie.
+    - On path and query routes (``path_prefix`` given) every tenant shares one origin: the
+      cookie's ``Path`` is put under the route's prefix (``Path=/`` becomes
+      ``Path=/dispatch/<worker>``, ``Path=/x`` becomes ``Path=/dispatch/<worker>/x``; no
+      ``Path`` gets the prefix). This keeps cookies from being *sent* to another tenant's
+      paths; it cannot keep another tenant's script on the same origin from reading them.
+    """
+    parts = value.split(b";")
+    kept = [parts[0]]
+    has_path = False
+    for attribute in parts[1:]:
+        key, _, argument = attribute.partition(b"=")
+        key = key.strip().lower()
+        if key == b"domain":
+            domain = argument.strip().lstrip(b".").lower()
+            if not domain or any(
+                base == domain or base.endswith(b"." + domain) for base in base_domains
+            ):
+                continue
+        elif key == b"path" and path_prefix:
+            has_path = True
+            path = argument.strip()
+            below = path if path.startswith(b"/") and path != b"/" else b""
+            attribute = b" Path=" + path_prefix + below
+        kept.append(attribute)
+    if path_prefix and not has_path:
+        kept.append(b" Path=" + path_prefix)
+    return b";".join(kept)
+
+
+def _framing_error(message: str) -> InvalidRequest:
+    """A request whose body framing we refuse: where it ends is unknown, so the answer
+    closes the connection (whatever follows cannot be trusted to be a next request)."""
+    return InvalidRequest(message, headers={"Connection": "close"})
+
+
 def _content_length(values: list[bytes]) -> int | None:
     if not values:
         return None
     # RFC 9110 section 8.6: identical duplicates may be folded; anything else is an error.
     distinct = {value.strip() for value in b",".join(values).split(b",")}
     if len(distinct) != 1:
-        raise InvalidRequest("Conflicting Content-Length headers")
+        raise _framing_error("Conflicting Content-Length headers")
     (value,) = distinct
     if not value.isdigit() or len(value) > 18:
-        raise InvalidRequest("Malformed Content-Length header")
+        raise _framing_error("Malformed Content-Length header")
     return int(value)
 
 
+# Response headers that need a look: one set lookup tells the rest (most headers) apart.
+_RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"x-request-id", b"location", b"set-cookie"}
+
+
 def filter_response_headers(
-    headers: Iterable[tuple[bytes, bytes]], request_id: bytes, location_prefix: bytes = b""
+    headers: Iterable[tuple[bytes, bytes]],
+    request_id: bytes,
+    location_prefix: bytes = b"",
+    cookie_path: bytes = b"",
+    cookie_domains: tuple[bytes, ...] = (),
 ) -> Headers:
     """The upstream's response headers as the client gets them.
 
     Hop-by-hop headers (and those ``Connection`` names) go, the upstream's ``X-Request-ID`` is
-    replaced by ours, and on path routes an absolute-path ``Location`` gets the route prefix.
+    replaced by ours, on path routes an absolute-path ``Location`` gets the route prefix, and
+    every ``Set-Cookie`` is kept to its tenant (``scope_cookie``).
     """
     out: Headers = []
     named: set[bytes] | None = None
     for name, value in headers:
         lower = name.lower()
-        if lower in HOP_BY_HOP:
-            if lower == b"connection":
-                # Usually "keep-alive" or "close": nothing to remove beyond the hop-by-hop set.
-                for token in value.lower().split(b","):
-                    token = token.strip()
-                    if token not in _NOT_NAMEABLE:
-                        if named is None:
-                            named = set()
-                        named.add(token)
-            continue
-        if lower == b"x-request-id":
-            continue
-        if (
-            location_prefix
-            and lower == b"location"
-            and value.startswith(b"/")
-            and not value.startswith(b"//")
-        ):
-            value = location_prefix + value
+        if lower in _RESPONSE_SPECIAL:
+            if lower in HOP_BY_HOP:
+                if lower == b"connection":
+                    # Usually "keep-alive" or "close": nothing to remove beyond the hop-by-hop
+                    # set.
+                    for token in value.lower().split(b","):
+                        token = token.strip()
+                        if token not in _NOT_NAMEABLE:
+                            if named is None:
+                                named = set()
+                            named.add(token)
+                continue
+            if lower == b"x-request-id":
+                continue
+            if lower == b"set-cookie":
+                value = scope_cookie(value, cookie_path, cookie_domains)
+            elif location_prefix and value.startswith(b"/") and not value.startswith(b"//"):
+                value = location_prefix + value
         out.append((lower, value))
     if named:
         out = [(name, value) for name, value in out if name not in named]

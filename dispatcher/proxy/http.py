@@ -38,7 +38,7 @@ from dispatcher.proxy.upstreams import Target, UpstreamSelector
 from dispatcher.routing import Route, RouteKind
 from dispatcher.settings import Settings
 
-__all__ = ["ClientDisconnected", "Forwarder"]
+__all__ = ["ClientDisconnected", "Forwarder", "route_prefixes"]
 
 _log = structlog.get_logger("dispatcher.proxy")
 
@@ -71,6 +71,7 @@ class Forwarder:
         self._connect_timeout = settings.connect_timeout
         self._idle_timeout = settings.stream_idle_timeout
         self._inflight: dict[str, int] = {}
+        self._cookie_domains = tuple(domain.encode("ascii") for domain in settings.base_domains)
         self._timers: CoarseTimers | None = None  # when watchers start
 
     def _watch(self, receive: Receive) -> _DisconnectWatcher:
@@ -99,9 +100,15 @@ class Forwarder:
                 targets, self._attempt, body, scope, route, prepared, body, exchange
             )
             try:
-                prefix = route.prefix.encode("ascii") if route.kind is RouteKind.PATH else b""
+                prefix = cookie_path = b""
+                if route.prefix:  # path and query routes: tenants share one origin
+                    prefix, cookie_path = route_prefixes(route)
                 headers = filter_response_headers(
-                    response.headers, prepared.request_id_bytes, prefix
+                    response.headers,
+                    prepared.request_id_bytes,
+                    prefix,
+                    cookie_path,
+                    self._cookie_domains,
                 )
                 await send(
                     {"type": "http.response.start", "status": response.status, "headers": headers}
@@ -274,6 +281,15 @@ class _DisconnectWatcher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def route_prefixes(route: Route) -> tuple[bytes, bytes]:
+    """The ``Location`` prefix and the cookie ``Path`` of a path or query route."""
+    prefix = route.prefix.encode("ascii")
+    if route.kind is RouteKind.PATH:
+        return prefix, prefix
+    # Query routes share their prefix with every worker: cookies go under /dispatch/<name>.
+    return b"", prefix + b"/" + route.worker.name.encode("ascii")
 
 
 async def _read_body(receive: Receive, limit: int, exchange: Exchange) -> AsyncIterator[bytes]:

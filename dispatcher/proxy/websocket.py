@@ -55,10 +55,13 @@ from dispatcher.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from dispatcher.networks import UpstreamNetworks
+from dispatcher.proxy._addresses import allowed_addresses
 from dispatcher.proxy.headers import HeaderPolicy, filter_response_headers, forward_context
+from dispatcher.proxy.http import route_prefixes
 from dispatcher.proxy.upstreams import Target, UpstreamSelector
 from dispatcher.responses import deny_websocket
-from dispatcher.routing import Route, RouteKind
+from dispatcher.routing import Route
 from dispatcher.settings import Settings
 
 __all__ = ["WebSocketForwarder"]
@@ -79,13 +82,21 @@ class _Ending(NamedTuple):
 class _Dial(connect):
     """``websockets``' connect with our policy: no redirects, TCP connect bounded on its own."""
 
-    def __init__(self, uri: str, *, connect_timeout: float, **options: Any) -> None:
+    def __init__(
+        self, uri: str, *, connect_timeout: float, networks: UpstreamNetworks, **options: Any
+    ) -> None:
         super().__init__(uri, **options)
         self.connect_timeout = connect_timeout
+        self.networks = networks
         self.connected = False  # once true, bytes may have reached the upstream: no retry
 
     async def open_tcp_connection(self) -> ClientConnection:
         async with asyncio.timeout(self.connect_timeout):
+            options = self.create_connection_kwargs
+            host, port = options["host"], options["port"]
+            loop = asyncio.get_running_loop()
+            # The first allowed address: websockets makes one connection attempt.
+            options["host"] = (await allowed_addresses(self.networks, host, port, loop))[0]
             connection = await super().open_tcp_connection()
         self.connected = True
         return connection
@@ -104,6 +115,8 @@ class WebSocketForwarder:
         self._policy = policy
         self._selector = selector
         self._tls: ssl.SSLContext | None = None
+        self._networks = settings.upstream_networks
+        self._cookie_domains = tuple(domain.encode("ascii") for domain in settings.base_domains)
 
     async def forward(
         self, scope: Scope, receive: Receive, send: Send, route: Route, exchange: Exchange
@@ -148,7 +161,7 @@ class WebSocketForwarder:
             await self._refuse(scope, send, upstream, route, exchange)
             return
         try:
-            await self._accept(send, upstream, exchange)
+            await self._accept(send, upstream, exchange, route)
             await self._relay(receive, send, upstream, exchange)
         except BaseException:
             upstream.transport.abort()
@@ -177,6 +190,7 @@ class WebSocketForwarder:
             return _Dial(
                 f"{'wss' if secure else 'ws'}://{host.decode('latin-1')}{resource}",
                 connect_timeout=settings.connect_timeout,
+                networks=self._networks,
                 host=origin.host,
                 port=origin.port,
                 additional_headers=headers,
@@ -195,19 +209,29 @@ class WebSocketForwarder:
         self, scope: Scope, send: Send, response: Response, route: Route, exchange: Exchange
     ) -> None:
         """Pass the upstream's refusal (status, headers, body) to the client."""
-        prefix = route.prefix.encode("ascii") if route.kind is RouteKind.PATH else b""
+        prefix, cookie_path = route_prefixes(route) if route.prefix else (b"", b"")
         rid = exchange.request_id.encode("ascii")
-        headers = filter_response_headers(_raw(response.headers), rid, prefix)
+        headers = filter_response_headers(
+            _raw(response.headers), rid, prefix, cookie_path, self._cookie_domains
+        )
         await deny_websocket(
             scope, send, exchange, response.status_code, headers, bytes(response.body)
         )
 
-    async def _accept(self, send: Send, upstream: ClientConnection, exchange: Exchange) -> None:
+    async def _accept(
+        self, send: Send, upstream: ClientConnection, exchange: Exchange, route: Route
+    ) -> None:
         assert upstream.response is not None
         rid = exchange.request_id.encode("ascii")
         headers = [
             (name, value)
-            for name, value in filter_response_headers(_raw(upstream.response.headers), rid)
+            for name, value in filter_response_headers(
+                _raw(upstream.response.headers),
+                rid,
+                b"",
+                route_prefixes(route)[1] if route.prefix else b"",
+                self._cookie_domains,
+            )
             if not name.startswith(b"sec-websocket-")  # the server writes its own
         ]
         await send(

@@ -46,6 +46,7 @@ def test_compose_has_postgres_two_replicas_caddy_and_a_tenant(config: dict[str, 
     services = config["services"]
     assert set(services) == {
         "postgres",
+        "redis",
         "migrate",
         "dispatcher-1",
         "dispatcher-2",
@@ -58,9 +59,13 @@ def test_compose_has_postgres_two_replicas_caddy_and_a_tenant(config: dict[str, 
         assert replica["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         assert "healthcheck" in replica and not replica["healthcheck"].get("disable")
         assert replica["environment"]["DISPATCHER_DATABASE_URL"].startswith("postgresql://")
+        # One Redis for both replicas: a worker's rate limit holds across the fleet.
+        assert replica["environment"]["DISPATCHER_RATE_LIMIT_URL"] == "redis://redis:6379/0"
+        assert replica["depends_on"]["redis"]["condition"] == "service_started"
     assert services["migrate"]["command"] == ["dispatcher", "db", "upgrade"]
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert "healthcheck" in services["postgres"]
+    assert "healthcheck" in services["redis"] and "ports" not in services["redis"]
     caddy = services["caddy"]
     assert any(v["target"] == "/etc/caddy/Caddyfile" for v in caddy["volumes"])
     assert caddy["environment"]["DISPATCHER_UPSTREAMS"] == "dispatcher-1:8080 dispatcher-2:8080"

@@ -24,6 +24,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
+from dispatcher.asgi import LIMITS_STATE_KEY, ServerLimits
 from dispatcher.h1server import H1Protocol
 from dispatcher.h1server.cycle import HeadFlusher
 from tests.servers import ThreadedServer, wait_until
@@ -620,8 +621,10 @@ def test_no_100_continue_when_the_app_answers_without_reading(server: ThreadedSe
         response = peer.read_response()
         assert response.head.raw.startswith(b"HTTP/1.1 200 OK\r\n")
         assert response.body == b"hello"
-        peer.send(b"hello" + get("/path/next"))
-        assert peer.read_response().body == b"/path/next"
+        # The body never came: it cannot be told apart from the next request, so the
+        # connection closes (RFC 9110 section 10.1.1 lets a server close or read it).
+        assert response.head.get("connection") == "close"
+        assert peer.read_to_eof() == b""
 
 
 BODY = random.Random(5).randbytes(5 * MIB)
@@ -984,3 +987,129 @@ async def test_heads_are_flushed_at_the_end_of_the_turn_in_order_and_again_later
     flusher.add(_StartedCycle("c", flushed))  # type: ignore[arg-type]
     await asyncio.sleep(0)
     assert flushed == ["a", "b", "c"]
+
+
+# -- deadlines, trailers, refused requests (issue 13) -------------------------------------------
+
+LIMITS = ServerLimits(request_head_timeout=0.3, request_body_timeout=0.3)
+
+
+class Timed:
+    """``App`` behind a lifespan that hands the server short deadlines, as the gateway does."""
+
+    def __init__(self, inner: App) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            scope["state"][LIMITS_STATE_KEY] = LIMITS
+        await self.inner(scope, receive, send)
+
+
+@pytest.fixture(scope="module")
+def timed(app: App) -> Iterator[ThreadedServer]:
+    with ThreadedServer(Timed(app), http=H1, timeout_keep_alive=30) as running:
+        yield running
+
+
+def test_an_unfinished_head_is_408_json_and_closed(timed: ThreadedServer) -> None:
+    with Peer(timed.port) as peer:
+        peer.send(b"GET /hello HTTP/1.1\r\nHost: x\r\n")
+        response = peer.read_response()
+        assert response.status == 408
+        assert json.loads(response.body)["error"]["code"] == "request_timeout"
+        assert peer.read_to_eof() == b""
+
+
+def test_an_idle_connection_is_not_cut_by_the_head_deadline(timed: ThreadedServer) -> None:
+    # No byte of a head yet: only keep-alive (30 s here) applies, however often the timer runs.
+    with Peer(timed.port) as peer:
+        peer.send(get("/hello"))
+        assert peer.read_response().body == b"hello"
+        time.sleep(LIMITS.request_head_timeout * 3)  # idle, as a client may be, not a sync
+        peer.assert_quiet()
+        peer.send(get("/hello"))
+        assert peer.read_response().body == b"hello"
+
+
+def test_a_stalled_body_makes_receive_raise_and_the_answer_408(timed: ThreadedServer) -> None:
+    with Peer(timed.port) as peer:
+        peer.send(post_head("/echo", b"Content-Length: 10") + b"abc")
+        response = peer.read_response()
+        assert response.status == 408
+        assert json.loads(response.body)["error"]["code"] == "request_timeout"
+        assert peer.read_to_eof() == b""
+
+
+def test_trailers_are_not_request_headers(app: App, timed: ThreadedServer) -> None:
+    key = new_key()
+    with Peer(timed.port) as peer:
+        head = post_head("/echo", b"Transfer-Encoding: chunked", b"X-Key: " + key.encode())
+        peer.send(head + b"3\r\nabc\r\n0\r\nX-Trailer: 1\r\nHost: evil\r\n\r\n")
+        assert peer.read_response().body == b"abc"
+    names = [name for name, _ in app.scopes[key]["headers"]]
+    assert b"x-trailer" not in names and names.count(b"host") == 1
+
+
+def test_endless_trailers_are_cut_at_the_head_limit(small_heads: ThreadedServer) -> None:
+    with Peer(small_heads.port) as peer:
+        peer.send(post_head("/echo", b"Transfer-Encoding: chunked") + b"0\r\nX-Flood: ")
+        for _ in range(40):  # far over the 4 KiB limit, never a line end
+            try:
+                peer.send(b"a" * 1024)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        response = peer.read_response()
+        assert response.status == 431
+
+
+def test_a_request_refused_after_its_head_never_reaches_the_app(
+    app: App, server: ThreadedServer
+) -> None:
+    key = new_key()
+    with Peer(server.port) as peer:
+        head = post_head("/echo", b"Transfer-Encoding: identity", b"X-Key: " + key.encode())
+        peer.send(head)
+        assert peer.read_response().status == 400
+    assert key not in app.scopes
+
+
+class _LongHeadShortBody(Timed):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            scope["state"][LIMITS_STATE_KEY] = ServerLimits(30.0, 0.3)
+        await self.inner(scope, receive, send)
+
+
+def test_a_body_deadline_shorter_than_the_head_deadline_is_kept(app: App) -> None:
+    # The timer must wake for the body's own deadline, not only every request_head_timeout.
+    with (
+        ThreadedServer(_LongHeadShortBody(app), http=H1, timeout_keep_alive=30) as running,
+        Peer(running.port) as peer,
+    ):
+        peer.send(post_head("/echo", b"Content-Length: 10") + b"abc")
+        assert peer.read_response().status == 408
+
+
+def test_the_body_deadline_waits_while_the_client_waits_for_100_continue(
+    app: App, timed: ThreadedServer
+) -> None:
+    # The client may not send the body before "100 Continue", which goes out only when the
+    # application reads: until then the silence is the server's, not the client's.
+    key = new_key()
+    try:
+        with Peer(timed.port) as peer:
+            head = post_head(
+                f"/gated-echo?key={key}", b"Content-Length: 5", b"Expect: 100-continue"
+            )
+            peer.send(head)
+            wait_until(lambda: key in app.reached, what="the application to start")
+            time.sleep(LIMITS.request_body_timeout * 3)  # the application is slow: not a sync
+            peer.assert_quiet()
+            app.release(timed, key)
+            assert peer.read_until(b"\r\n\r\n", "100 Continue") == b"HTTP/1.1 100 Continue\r\n\r\n"
+            peer.send(b"hello")
+            response = peer.read_response()
+            assert (response.status, response.body) == (200, b"hello")
+    finally:
+        app.release(timed, key)

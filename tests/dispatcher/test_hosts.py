@@ -23,6 +23,7 @@ from dispatcher.hosts import (
     is_valid_worker_name,
     normalize_domain,
     normalize_host,
+    normalize_wire_host,
     validate_worker_name,
 )
 
@@ -384,3 +385,25 @@ def test_validate_worker_name_is_idempotent_on_its_output(name: str) -> None:
 )
 def test_is_valid_worker_name_checks_syntax_only(name: str, expected: bool) -> None:
     assert is_valid_worker_name(name) is expected
+
+
+# --- a Host as it arrived on the wire (issue 13) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param("\xaalpha.example.com", id="feminine-ordinal-folds-to-a"),
+        pytest.param("alph\xe1.example.com", id="latin-1-letter"),
+        pytest.param("alpha.example.com\x85", id="next-line"),
+        pytest.param("b\xc3\xbccher.example.com", id="utf-8-bytes-as-latin-1"),
+    ],
+)
+def test_a_wire_host_with_a_non_ascii_byte_is_invalid(raw: str) -> None:
+    with pytest.raises(InvalidHost):
+        normalize_wire_host(raw)
+
+
+def test_a_wire_host_in_ascii_is_normalised_as_any_host() -> None:
+    assert normalize_wire_host("Shop.Example.COM.:8080") == normalize_host("shop.example.com")
+    assert normalize_wire_host("xn--bcher-kva.example.com") == "xn--bcher-kva.example.com"

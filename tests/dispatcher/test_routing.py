@@ -7,7 +7,6 @@ against one ``RoutingTable`` built from real ``Worker`` models.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from urllib.parse import unquote
 
 import pytest
 from hypothesis import assume, example, given
@@ -309,7 +308,7 @@ def test_unavailable_registry_still_routes_subdomains_from_the_snapshot() -> Non
         pytest.param(b"/tls/ask", b"domain=x.example", id="tls-ask"),
         pytest.param(b"/dispatch/blog/x", b"", id="path-route-prefix"),
         pytest.param(b"/api/dispatch", b"worker=blog", id="query-route-prefix"),
-        pytest.param(b"/a%2Fb/../c", b"x=%zz&&y", id="raw-bytes-untouched"),
+        pytest.param(b"/a%2Fb/.c/..d", b"x=%zz&&y", id="raw-bytes-untouched"),
     ],
 )
 @pytest.mark.parametrize(
@@ -627,10 +626,11 @@ def test_query_route_removes_exactly_the_worker_params_keeping_others_in_order(
     assert result.query == expected
 
 
+# Segments no upstream can read as a dot segment (those are refused: see below).
 segments = st.binary(max_size=10).filter(
-    lambda b: b"/" not in b and unquote(b.decode("latin-1")) not in {".", ".."}
+    lambda b: not any(c in b for c in (b"/", b"\\", b".", b"%"))
 )
-rests = st.lists(segments | st.sampled_from([b"a%2Fb", b"%2F", b"%2e%2e%2f", b"x.y"]), max_size=5)
+rests = st.lists(segments | st.sampled_from([b"a%2Fb", b"%2F", b"%2e%2ex", b"x.y"]), max_size=5)
 
 
 @given(
@@ -651,7 +651,8 @@ def test_path_route_keeps_the_raw_bytes_after_the_worker_segment(
 
 @given(
     st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True),
-    st.binary().map(lambda b: b"/" + b),
+    # No byte that could spell a dot segment: those paths are refused (tests above).
+    st.binary().map(lambda b: b"/" + b.translate(None, b".%\\")),
     st.binary(),
 )
 def test_subdomain_routes_to_the_named_worker_or_reports_why_not(
@@ -777,3 +778,71 @@ def test_remembered_subdomain_answers_are_bounded() -> None:
             table.subdomain_worker(f"w{n}.example.com")
     assert len(table._subdomains) <= 10_000
     assert table.subdomain_worker("shop.example.com") == make_worker("shop")
+
+
+# --- dot segments, on every route kind (issue 13) -------------------------------------------
+
+DOT_SEGMENT_PATHS = [
+    pytest.param(b"/../../secret", id="plain"),
+    pytest.param(b"/a/./b", id="single-dot"),
+    pytest.param(b"/a/..", id="at-the-end"),
+    pytest.param(b"/%2e%2e/secret", id="encoded"),
+    pytest.param(b"/%2E%2e/secret", id="encoded-mixed-case"),
+    pytest.param(b"/.%2E/secret", id="half-encoded"),
+    pytest.param(b"/..%2fsecret", id="encoded-slash"),
+    pytest.param(b"/..%2Fsecret", id="encoded-slash-upper"),
+    pytest.param(b"/..;/secret", id="path-parameter"),
+    pytest.param(b"/..;jsessionid=x/secret", id="path-parameter-with-value"),
+    pytest.param(b"/..\\secret", id="backslash"),
+    pytest.param(b"/%2e%2e%5csecret", id="encoded-backslash"),
+    pytest.param(b"/%2e%2e%5Csecret", id="encoded-backslash-upper"),
+    pytest.param(b"/%252e%252e/secret", id="double-encoded"),
+    pytest.param(b"/..%00/secret", id="nul"),
+    pytest.param(b"/.. /secret", id="trailing-blank"),
+    pytest.param(b"/a\\..\\b", id="backslash-both-sides"),
+]
+NOT_DOT_SEGMENT_PATHS = [
+    pytest.param(b"/.well-known/acme", id="dot-file"),
+    pytest.param(b"/app.js", id="extension"),
+    pytest.param(b"/...", id="three-dots"),
+    pytest.param(b"/..x/y", id="dots-then-name"),
+    pytest.param(b"/a%2Fb", id="encoded-slash-kept"),
+    pytest.param(b"/%2e%2ex", id="encoded-dots-then-name"),
+]
+
+
+@pytest.mark.parametrize("path", DOT_SEGMENT_PATHS)
+@pytest.mark.parametrize(
+    ("host", "prefix", "domain"),
+    [
+        pytest.param("shop.example.com", b"", None, id="subdomain"),
+        pytest.param(
+            "shop.example.org",
+            b"",
+            CustomDomain(
+                domain="shop.example.org",
+                worker="shop",
+                status=DomainStatus.ACTIVE,
+                created_at=NOW,
+                updated_at=NOW,
+            ),
+            id="custom-domain",
+        ),
+        pytest.param("localhost", b"/dispatch/shop", None, id="path"),
+        pytest.param("localhost", b"/api/dispatch/shop", None, id="api-path"),
+    ],
+)
+def test_dot_segments_are_refused_on_every_route_kind(
+    host: str, prefix: bytes, domain: DomainAnswer, path: bytes
+) -> None:
+    with pytest.raises(InvalidRequest):
+        resolve(host, prefix + path, b"", TABLE, domain)
+
+
+@pytest.mark.parametrize("path", NOT_DOT_SEGMENT_PATHS)
+@pytest.mark.parametrize("prefix", [b"", b"/dispatch/shop"], ids=["subdomain", "path"])
+def test_names_with_dots_are_not_dot_segments(prefix: bytes, path: bytes) -> None:
+    host = "localhost" if prefix else "shop.example.com"
+    result = resolve(host, prefix + path, b"", TABLE)
+    assert isinstance(result, Route)
+    assert result.upstream_path == path

@@ -65,6 +65,9 @@ def write_default_file(tmp_path: Path, text: str) -> Path:
         pytest.param("via_name", "dispatcher", id="via_name"),
         pytest.param("max_hops", 3, id="max_hops"),
         pytest.param("registry_poll_interval", 2, id="registry_poll_interval"),
+        pytest.param("rate_limit_url", None, id="rate_limit_url"),
+        pytest.param("rate_limit_timeout", 0.05, id="rate_limit_timeout"),
+        pytest.param("rate_limit_fail_open", True, id="rate_limit_fail_open"),
         pytest.param("log_level", "info", id="log_level"),
         pytest.param("log_format", "json", id="log_format"),
         pytest.param("host", "127.0.0.1", id="host"),
@@ -83,7 +86,8 @@ def test_every_setting_has_a_default() -> None:
 def test_shipped_config_file_names_every_setting_with_its_default() -> None:
     shipped = REPO / "config" / "dispatcher.toml"
     keys = set(tomllib.loads(shipped.read_text()))
-    assert keys == set(Settings.model_fields) - {"admin_token"}  # unset: commented out
+    # Unset by default: commented out.
+    assert keys == set(Settings.model_fields) - {"admin_token", "rate_limit_url"}
     assert load_settings(shipped) == load_settings()
 
 
@@ -333,6 +337,16 @@ def test_bad_env_value_is_a_config_error_naming_key_and_value(
     message = str(caught.value)
     assert repr(name) in message
     assert value in message
+
+
+def test_a_bad_rate_limit_url_is_named_without_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DISPATCHER_RATE_LIMIT_URL", "http://:hunter2@cache:6379")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "'rate_limit_url'" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ from websockets.asyncio.client import connect
 
 from dispatcher.app import create_app
 from dispatcher.settings import Settings
+from tests.dnsserver import DnsServer
 from tests.servers import ThreadedServer, free_port, serve_gateway, wait_until
 from tests.tenant import TenantApp
 from workers_registry.migrate import upgrade
@@ -49,6 +50,8 @@ class Edge:
     https_port: int
     root_ca: Path
     tenant: TenantApp
+    database: str
+    dns: DnsServer
 
     def curl(self, url: str, host: str, port: int, *extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -64,7 +67,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     home = tmp_path_factory.mktemp("caddy")
     database = f"sqlite+aiosqlite:///{home / 'registry.db'}"
     tenant = TenantApp("edge")
-    with ThreadedServer(tenant) as tenant_server:
+    with ThreadedServer(tenant) as tenant_server, DnsServer() as dns:
 
         async def seed() -> None:
             await upgrade(database)
@@ -77,7 +80,17 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
                 )
 
         asyncio.run(seed())
-        gateway = create_app(Settings(database_url=database, base_domains=("example.com",)))
+        settings = Settings(
+            database_url=database,
+            base_domains=("example.com",),
+            # The verifier asks the test's DNS server, on a schedule of fractions of a second.
+            dns_resolvers=(dns.address,),
+            dns_timeout=0.5,
+            registry_poll_interval=0.2,
+            domain_verify_min_interval=0.2,
+            domain_verify_max_interval=0.4,
+        )
+        gateway = create_app(settings)
         with serve_gateway(gateway) as dispatcher:
             http_port, https_port, admin_port = free_port(), free_port(), free_port()
             env = {
@@ -101,7 +114,12 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
                 env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
             edge = Edge(
-                http_port, https_port, home / "data/caddy/pki/authorities/local/root.crt", tenant
+                http_port,
+                https_port,
+                home / "data/caddy/pki/authorities/local/root.crt",
+                tenant,
+                database,
+                dns,
             )
             try:
 
@@ -186,3 +204,41 @@ def test_websocket_passes_through_caddy_and_the_dispatcher(edge: Edge) -> None:
         talk(f"wss://shop.example.org:{edge.https_port}/ws", edge.https_port, ssl=context)
     )
     assert secure == "edge:ping"
+
+
+def test_a_pending_domain_gets_a_certificate_only_once_the_verifier_made_it_active(
+    edge: Edge,
+) -> None:
+    domain = "onboard.example.org"
+
+    async def add() -> str:
+        async with RegistryStore.from_url(edge.database) as store:
+            added = await store.add_domain(CustomDomainCreate(domain=domain, worker="shop"))
+            return str(added.verification_token)
+
+    async def status() -> str:
+        async with RegistryStore.from_url(edge.database) as store:
+            found = await store.get_domain(domain)
+            assert found is not None
+            return found.status.value
+
+    token = asyncio.run(add())
+    wait_until(edge.root_ca.exists, timeout=30, what="Caddy's internal CA")
+    url = f"https://{domain}:{edge.https_port}/"
+    refused = edge.curl(url, domain, edge.https_port, "--cacert", str(edge.root_ca))
+    assert refused.returncode == 35, (refused.returncode, refused.stderr)  # no certificate
+
+    edge.dns.set(
+        {
+            f"_dispatcher-challenge.{domain}": {"TXT": [token]},
+            domain: {"CNAME": "shop.example.com"},
+            "shop.example.com": {"A": ["127.0.0.1"]},
+        }
+    )
+    wait_until(lambda: asyncio.run(status()) == "active", timeout=20, what="active")
+
+    def served() -> bool:
+        answer = edge.curl(url, domain, edge.https_port, "--cacert", str(edge.root_ca))
+        return answer.returncode == 0 and answer.stdout == "hello from edge\n"
+
+    wait_until(served, timeout=30, what="a certificate and the tenant's answer")

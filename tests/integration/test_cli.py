@@ -40,6 +40,7 @@ def test_workers_add_list_show_remove(registry: str, capsys: pytest.CaptureFixtu
         "--upstream", "https://10.0.0.5",
         "--preserve-host", "--disabled", "--max-body-bytes", "1000",
         "--upstream-timeout", "2.5", "--max-concurrency", "7",
+        "--rate-limit", "50", "--rate-burst", "80", "--client-rate-limit", "0.5",
         "--tag", "team=web", "--tag", "tier=gold",
     )  # fmt: skip
     assert code == 0, out
@@ -54,6 +55,11 @@ def test_workers_add_list_show_remove(registry: str, capsys: pytest.CaptureFixtu
     assert worker["max_body_bytes"] == 1000
     assert worker["upstream_timeout"] == 2.5
     assert worker["max_concurrency"] == 7
+    assert (worker["rate_limit"], worker["rate_burst"], worker["client_rate_limit"]) == (
+        50,
+        80,
+        0.5,
+    )
     assert worker["tags"] == {"team": "web", "tier": "gold"}
 
     code, out, _ = run(capsys, "workers", "list")
@@ -61,6 +67,9 @@ def test_workers_add_list_show_remove(registry: str, capsys: pytest.CaptureFixtu
 
     code, out, _ = run(capsys, "workers", "show", "shop", "--json")
     assert code == 0 and json.loads(out)["name"] == "shop"
+    code, out, _ = run(capsys, "workers", "show", "shop")
+    assert code == 0
+    assert {"rate_limit: 50.0", "rate_burst: 80", "client_rate_limit: 0.5"} <= set(out.splitlines())
 
     assert run(capsys, "workers", "remove", "shop")[0] == 0
     code, _, err = run(capsys, "workers", "show", "shop")
@@ -103,6 +112,33 @@ def test_workers_add_rejects_a_bad_upstream(
     assert run(capsys, "workers", "list", "--json")[1].strip() == "[]"
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254",
+        "http://[::ffff:169.254.169.254]",
+        "http://2130706433",
+        "http://127.1",
+    ],
+)
+def test_workers_add_refuses_denied_networks_and_odd_ipv4_spellings(
+    registry: str, capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    code, _, err = run(capsys, "workers", "add", "probe", "--upstream", url)
+    assert code == 1 and "upstreams" in err
+    assert run(capsys, "workers", "list", "--json")[1].strip() == "[]"
+
+
+def test_workers_add_follows_the_operators_deny_list(
+    registry: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DISPATCHER_UPSTREAM_DENIED_NETWORKS", "127.0.0.0/8")
+    code, _, err = run(capsys, "workers", "add", "probe", "--upstream", "http://127.0.0.1:1")
+    assert code == 1 and "upstreams" in err
+    monkeypatch.setenv("DISPATCHER_UPSTREAM_DENIED_NETWORKS", "")
+    assert run(capsys, "workers", "add", "probe", "--upstream", "http://169.254.169.254")[0] == 0
+
+
 def test_duplicate_worker_is_refused(registry: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "workers", "add", "shop", "--upstream", "http://127.0.0.1:1")[0] == 0
     code, _, err = run(capsys, "workers", "add", "shop", "--upstream", "http://127.0.0.1:2")
@@ -120,7 +156,7 @@ def test_domains_add_list_set_status_remove(
     (domain,) = json.loads(run(capsys, "domains", "list", "--json")[1])
     assert domain["domain"] == "shop.example.org"
     assert domain["worker"] == "shop"
-    assert domain["status"] == "active"
+    assert domain["status"] == "pending"  # the default: checked by DNS before it routes
 
     assert run(capsys, "domains", "set-status", "shop.example.org", "failed")[0] == 0
     (domain,) = json.loads(run(capsys, "domains", "list", "--json")[1])
@@ -157,7 +193,7 @@ def test_removing_a_worker_removes_its_domains(
 
 def test_resolve_prints_the_route(registry: str, capsys: pytest.CaptureFixture[str]) -> None:
     run(capsys, "workers", "add", "shop", "--upstream", "http://127.0.0.1:1")
-    run(capsys, "domains", "add", "shop.example.org", "--worker", "shop")
+    run(capsys, "domains", "add", "shop.example.org", "--worker", "shop", "--status", "active")
 
     code, out, _ = run(capsys, "resolve", "http://shop.localhost:8080/a/b?x=1", "--json")
     assert code == 0

@@ -380,7 +380,7 @@ def test_redirects_are_not_followed_and_location_is_prefixed_on_path_routes(
         on_host = client.get("/redirect?to=/login", headers={"host": "alpha.localhost"})
     assert on_path.status_code == 302
     assert on_path.headers["location"] == "/dispatch/alpha/login"
-    assert on_path.headers["set-cookie"] == "session=abc; Path=/; HttpOnly"
+    assert on_path.headers["set-cookie"] == "session=abc; Path=/dispatch/alpha; HttpOnly"
     assert absolute.headers["location"] == "https://elsewhere.test/x"
     assert on_host.headers["location"] == "/login"
 

@@ -55,6 +55,9 @@ def test_worker_defaults_match_the_admin_api_body() -> None:
         "max_body_bytes": None,
         "upstream_timeout": None,
         "max_concurrency": None,
+        "rate_limit": None,
+        "rate_burst": None,
+        "client_rate_limit": None,
         "tags": {},
         "created_at": "2024-05-01T12:00:00Z",
         "updated_at": "2024-05-02T08:30:00Z",
@@ -154,6 +157,11 @@ def test_worker_create_rejects_unknown_fields() -> None:
         pytest.param("upstream_timeout", 0, id="zero-timeout"),
         pytest.param("upstream_timeout", 86_401, id="timeout-over-a-day"),
         pytest.param("max_concurrency", 0, id="zero-concurrency"),
+        pytest.param("rate_limit", 0, id="zero-rate"),
+        pytest.param("rate_limit", -1.5, id="negative-rate"),
+        pytest.param("rate_limit", 1_000_001, id="rate-past-a-million"),
+        pytest.param("client_rate_limit", 0, id="zero-client-rate"),
+        pytest.param("rate_burst", 0, id="zero-burst"),
         pytest.param("tags", {"team": 1}, id="non-string-tag"),
         pytest.param("enabled", "maybe", id="enabled-not-bool"),
     ],
@@ -171,12 +179,21 @@ def test_worker_spec_rejects_out_of_range_values(field: str, value: Any) -> None
         pytest.param("upstream_timeout", 86_400, id="timeout-one-day"),
         pytest.param("upstream_timeout", 0.25, id="fractional-timeout"),
         pytest.param("max_concurrency", 1, id="concurrency-one"),
+        pytest.param("rate_limit", 0.5, id="fractional-rate"),
+        pytest.param("client_rate_limit", 1_000_000, id="client-rate-a-million"),
         pytest.param("upstreams", [UPSTREAM] * 64, id="64-upstreams"),
     ],
 )
 def test_worker_spec_accepts_limit_edges(field: str, value: Any) -> None:
     spec = WorkerSpec.model_validate({"upstreams": [UPSTREAM], field: value})
     assert getattr(spec, field) == value
+
+
+def test_rate_burst_belongs_to_a_rate_limit() -> None:
+    with pytest.raises(ValidationError, match="rate_burst needs rate_limit"):
+        WorkerSpec.model_validate({"upstreams": [UPSTREAM], "rate_burst": 5})
+    spec = WorkerSpec.model_validate({"upstreams": [UPSTREAM], "rate_limit": 2, "rate_burst": 5})
+    assert (spec.rate_limit, spec.rate_burst) == (2, 5)
 
 
 def test_worker_spec_canonicalises_every_upstream_in_order() -> None:
@@ -257,6 +274,7 @@ def test_check_upstream_url_is_idempotent(
         pytest.param("pending", False, id="pending"),
         pytest.param("verified", True, id="verified"),
         pytest.param("active", True, id="active"),
+        pytest.param("moved", False, id="moved"),
         pytest.param("failed", False, id="failed"),
     ],
 )
@@ -272,8 +290,14 @@ def test_only_verified_and_active_domains_route(status: str, routable: bool) -> 
     assert (DomainStatus(status) in ROUTABLE_STATUSES) is routable
 
 
-def test_domain_statuses_are_the_four_of_the_design() -> None:
-    assert {status.value for status in DomainStatus} == {"pending", "verified", "active", "failed"}
+def test_domain_statuses_are_the_five_of_the_design() -> None:
+    assert {status.value for status in DomainStatus} == {
+        "pending",
+        "verified",
+        "active",
+        "moved",
+        "failed",
+    }
 
 
 @pytest.mark.parametrize(

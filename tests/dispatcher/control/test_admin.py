@@ -24,6 +24,7 @@ from tests.tenant import TenantApp
 from workers_registry.migrate import upgrade_sync
 
 TOKEN = "s3cret-admin-token"
+JSON = {"content-type": "application/json"}
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 #: Every admin operation (method, path, a valid body), plus an unknown path under /admin and
@@ -190,6 +191,9 @@ def test_worker_lifecycle(api: httpx.Client) -> None:
         max_body_bytes=1000,
         upstream_timeout=2.5,
         max_concurrency=8,
+        rate_limit=100,
+        rate_burst=150,
+        client_rate_limit=2.5,
         tags={"team": "web"},
     )
     created = api.post("/admin/workers", json=body)
@@ -212,6 +216,7 @@ def test_worker_lifecycle(api: httpx.Client) -> None:
     assert after["upstreams"] == ["http://10.0.0.7"]
     # PUT replaces: what the body leaves out goes back to its default.
     assert after["max_concurrency"] is None and after["tags"] == {}
+    assert after["rate_limit"] is None and after["client_rate_limit"] is None
     assert after["preserve_host"] is False
     assert after["created_at"] == stored["created_at"]
     assert after["updated_at"] >= stored["updated_at"]
@@ -276,6 +281,8 @@ def test_put_cannot_rename_a_worker(api: httpx.Client) -> None:
         pytest.param(worker_body("billing"), ["name"], id="reserved-configured"),
         pytest.param(worker_body("\u212aelvin"), ["name"], id="kelvin-sign"),
         pytest.param(worker_body(max_concurrency=0), ["max_concurrency"], id="zero-concurrency"),
+        pytest.param(worker_body(rate_limit=0), ["rate_limit"], id="zero-rate"),
+        pytest.param(worker_body(rate_burst=10), ["rate_burst"], id="burst-without-rate"),
         pytest.param(worker_body(max_body_bytes=-1), ["max_body_bytes"], id="negative-limit"),
         pytest.param(worker_body(upstream_timeout=0), ["upstream_timeout"], id="zero-timeout"),
         pytest.param(worker_body(enabled="maybe"), ["enabled"], id="not-a-bool"),
@@ -313,7 +320,9 @@ def test_invalid_replacements_list_the_fields(
     api: httpx.Client, body: bytes | dict[str, Any], fields: list[str]
 ) -> None:
     stored = add_worker(api, "shop")
-    kwargs: dict[str, Any] = {"content": body} if isinstance(body, bytes) else {"json": body}
+    kwargs: dict[str, Any] = (
+        {"content": body, "headers": JSON} if isinstance(body, bytes) else {"json": body}
+    )
     assert detail_fields(api.put("/admin/workers/shop", **kwargs)) == fields
     assert api.get("/admin/workers/shop").json() == stored
 
@@ -344,7 +353,7 @@ def test_a_body_over_the_limit_is_refused(api: httpx.Client) -> None:
         + b"a" * (MAX_ADMIN_BODY_BYTES)
         + b'"}}'
     )
-    error_of(api.post("/admin/workers", content=body), 413, "payload_too_large")
+    error_of(api.post("/admin/workers", content=body, headers=JSON), 413, "payload_too_large")
 
 
 def test_unknown_methods_are_405_json(api: httpx.Client) -> None:
@@ -591,9 +600,10 @@ def test_admin_routes_are_not_served_on_tenant_hosts(
 
 def test_lone_surrogates_are_not_json_text(api: httpx.Client) -> None:
     body = b'{"name": "shop", "upstreams": ["http://a"], "tags": {"k": "\\ud800"}}'
-    assert detail_fields(api.post("/admin/workers", content=body)) == ["body"]
+    assert detail_fields(api.post("/admin/workers", content=body, headers=JSON)) == ["body"]
     paired = b'{"name": "shop", "upstreams": ["http://a"], "tags": {"k": "\\ud83d\\ude00"}}'
-    assert api.post("/admin/workers", content=paired).json()["tags"] == {"k": "\U0001f600"}
+    response = api.post("/admin/workers", content=paired, headers=JSON)
+    assert response.json()["tags"] == {"k": "\U0001f600"}
 
 
 @pytest.mark.parametrize(
@@ -609,3 +619,94 @@ def test_values_the_registry_cannot_store_are_invalid(
     api: httpx.Client, fields: dict[str, Any]
 ) -> None:
     assert detail_fields(api.post("/admin/workers", json=worker_body(**fields)))
+
+
+# -- hostile input (issue 13) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"[" * 50_000, id="50k-arrays"),
+        pytest.param(b'{"a":' * 50_000, id="50k-objects"),
+        pytest.param(b'{"name": "shop", "tags": ' + b"[" * 33 + b"]" * 33 + b"}", id="33-levels"),
+    ],
+)
+def test_deep_nesting_is_400_not_500(api: httpx.Client, body: bytes) -> None:
+    assert detail_fields(api.post("/admin/workers", content=body, headers=JSON)) == ["body"]
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(api: httpx.Client) -> None:
+    tags = {"k": "[" * 100 + '\\"{' * 50}
+    response = api.post(
+        "/admin/workers", json={"name": "deep", "upstreams": ["http://a"], "tags": tags}
+    )
+    assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        pytest.param(None, id="none"),
+        pytest.param("text/plain", id="text-plain"),
+        pytest.param("application/x-www-form-urlencoded", id="form"),
+        pytest.param("multipart/form-data; boundary=x", id="multipart"),
+        pytest.param("application/jsonx", id="prefix"),
+        pytest.param("application/json-patch+json", id="other-json"),
+    ],
+)
+def test_a_body_not_declared_json_is_415(api: httpx.Client, content_type: str | None) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    body = b'{"name": "shop", "upstreams": ["http://a"]}'
+    error_of(
+        api.post("/admin/workers", content=body, headers=headers), 415, "unsupported_media_type"
+    )
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "Application/JSON", "application/json; charset=utf-8"],
+)
+def test_json_with_parameters_is_accepted(api: httpx.Client, content_type: str) -> None:
+    body = b'{"name": "typed", "upstreams": ["http://a"]}'
+    response = api.post("/admin/workers", content=body, headers={"content-type": content_type})
+    assert response.status_code == 201, response.text
+    api.delete("/admin/workers/typed")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("http://169.254.169.254/", id="metadata"),
+        pytest.param("http://169.254.170.2/v2", id="ecs-metadata"),
+        pytest.param("http://[::ffff:169.254.169.254]", id="ipv4-mapped"),
+        pytest.param("http://[::ffff:a9fe:a9fe]", id="ipv4-mapped-hex"),
+        pytest.param("http://[64:ff9b::a9fe:a9fe]", id="nat64"),
+        pytest.param("http://[2002:a9fe:a9fe::1]", id="6to4"),
+        pytest.param("http://[fe80::1]", id="ipv6-link-local"),
+        pytest.param("http://[fd00:ec2::254]", id="aws-ipv6-metadata"),
+        pytest.param("http://100.100.100.200", id="alibaba-metadata"),
+        pytest.param("http://0.0.0.0:8080", id="this-network"),
+        pytest.param("http://2130706433", id="decimal-loopback"),
+        pytest.param("http://127.1", id="short-loopback"),
+        pytest.param("http://0x7f.1", id="hex-loopback"),
+        pytest.param("http://0177.0.0.1", id="octal-loopback"),
+        pytest.param("http://2852039166", id="decimal-metadata"),
+        pytest.param("http://0xa9.0xfe.0xa9.0xfe", id="hex-metadata"),
+    ],
+)
+def test_upstreams_in_denied_networks_or_odd_spellings_are_refused(
+    api: httpx.Client, url: str
+) -> None:
+    response = api.post("/admin/workers", json={"name": "probe", "upstreams": [url]})
+    assert detail_fields(response) == ["upstreams"], response.text
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8080", "http://10.0.0.5/app", "http://[::1]:9000", "http://shop.internal"],
+)
+def test_loopback_private_and_names_are_allowed_by_default(api: httpx.Client, url: str) -> None:
+    response = api.post("/admin/workers", json={"name": "fine", "upstreams": [url]})
+    assert response.status_code == 201, response.text
+    api.delete("/admin/workers/fine")

@@ -128,7 +128,7 @@ def test_every_admin_operation_is_described(
         assert content["schema"] == {"$ref": f"#/components/schemas/{body}"}
         assert resolve(document, content["schema"])["type"] == "object"
     responses = operation["responses"]
-    errors = errors | {"401", "403", "503"} | ({"413"} if body else set())
+    errors = errors | {"401", "403", "503"} | ({"413", "415"} if body else set())
     assert set(responses) == {success} | errors
     if success != "204":
         schema = resolve(document, responses[success])["content"]["application/json"]["schema"]
@@ -169,8 +169,8 @@ def test_request_bodies_match_the_models(document: dict[str, Any]) -> None:
     assert "name" not in schemas["WorkerReplace"]["required"]
     assert schemas["WorkerReplace"]["properties"] == schemas["WorkerCreate"]["properties"]
     assert set(schemas["CustomDomainCreate"]["required"]) == {"domain", "worker"}
-    status = resolve(document, schemas["CustomDomain"]["properties"]["status"])
-    assert status["enum"] == ["pending", "verified", "active", "failed"]
+    status = resolve(document, schemas["DomainRecord"]["properties"]["status"])
+    assert status["enum"] == ["pending", "verified", "active", "moved", "failed"]
     worker = validator_for(document, {"$ref": "#/components/schemas/WorkerCreate"})
     worker.validate({"name": "shop", "upstreams": ["http://10.0.0.5:8080"]})
     assert not worker.is_valid({"name": "-shop", "upstreams": ["http://a"]})

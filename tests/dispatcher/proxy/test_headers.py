@@ -13,14 +13,16 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from dispatcher.asgi import RequestIds
-from dispatcher.errors import HeadersTooLarge, InvalidRequest, LoopDetected
+from dispatcher.errors import HeadersTooLarge, InvalidHost, InvalidRequest, LoopDetected
 from dispatcher.proxy.headers import (
     HOP_BY_HOP,
+    PROXY_INFO,
     ForwardContext,
     HeaderPolicy,
     RequestHeaders,
     TrustPolicy,
     filter_response_headers,
+    scope_cookie,
 )
 
 Headers = list[tuple[bytes, bytes]]
@@ -329,8 +331,14 @@ def test_forwarded_header_is_kept_only_from_trusted_peers(peer: str, expected: l
 
 
 def test_upstream_host_replaces_the_client_host() -> None:
-    result = prepare([(b"host", b"shop.example.com"), (b"host", b"evil.test")])
+    result = prepare([(b"host", b"shop.example.com")])
     assert values(result.headers, b"host") == [b"10.0.0.9:8080"]
+
+
+def test_a_second_host_header_is_invalid_host() -> None:
+    # RFC 9112 section 3.2: routing would take one, the tenant might read the other.
+    with pytest.raises(InvalidHost):
+        prepare([(b"host", b"shop.example.com"), (b"host", b"evil.test")])
 
 
 # --- X-Request-ID ---------------------------------------------------------------------------
@@ -534,7 +542,7 @@ def test_conflicting_or_malformed_content_length_is_invalid_request(lengths: lis
     [
         pytest.param(b"chunked", id="chunked"),
         pytest.param(b"Chunked", id="mixed-case"),
-        pytest.param(b"gzip, chunked", id="coding-list"),
+        pytest.param(b" chunked ", id="padded"),
     ],
 )
 def test_content_length_with_chunked_is_forwarded_chunked_without_content_length(
@@ -592,7 +600,7 @@ def test_prepared_headers_always_carry_exactly_one_of_each_header_we_own(
 ) -> None:
     try:
         result = prepare(incoming, peer=peer, prefix="/dispatch/shop")
-    except (InvalidRequest, LoopDetected, HeadersTooLarge):
+    except (InvalidRequest, InvalidHost, LoopDetected, HeadersTooLarge):
         return
     out = names(result.headers)
     for name in (
@@ -732,3 +740,94 @@ def test_location_is_prefixed_only_when_it_is_an_absolute_path(
 ) -> None:
     out = filter_response_headers([(b"Location", location)], b"rid", prefix)
     assert header(out, b"location") == expected
+
+
+# --- Transfer-Encoding other than exactly "chunked" -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "encodings",
+    [
+        pytest.param([b"gzip, chunked"], id="coding-list"),
+        pytest.param([b"chunked;q=1"], id="parameter"),
+        pytest.param([b"identity"], id="identity"),
+        pytest.param([b"gzip"], id="gzip-alone"),
+        pytest.param([b"chunked, chunked"], id="chunked-twice-in-one"),
+        pytest.param([b"chunked", b"chunked"], id="two-headers"),
+        pytest.param([b"xchunked"], id="suffix-match"),
+        pytest.param([b""], id="empty"),
+    ],
+)
+def test_transfer_encoding_other_than_exactly_chunked_is_invalid_request(
+    encodings: list[bytes],
+) -> None:
+    with pytest.raises(InvalidRequest):
+        prepare([*BASE, *((b"transfer-encoding", value) for value in encodings)])
+
+
+# --- what clients claim about earlier hops, beyond X-Forwarded-* ------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(PROXY_INFO))
+def test_proxy_information_from_an_untrusted_peer_is_dropped(name: bytes) -> None:
+    result = prepare([*BASE, (name, b"10.0.0.1")], peer=UNTRUSTED_PEER)
+    assert name not in names(result.headers)
+
+
+@pytest.mark.parametrize("name", sorted(PROXY_INFO))
+def test_proxy_information_from_a_trusted_peer_is_passed_on(name: bytes) -> None:
+    result = prepare([*BASE, (name, b"10.0.0.1")], peer=TRUSTED_PEER)
+    assert values(result.headers, name) == [b"10.0.0.1"]
+
+
+# --- Set-Cookie kept to its tenant ------------------------------------------------------------
+
+BASES = (b"example.com", b"apps.example.net")
+
+
+@pytest.mark.parametrize(
+    ("cookie", "expected"),
+    [
+        pytest.param(b"a=1; Domain=example.com", b"a=1", id="base-domain"),
+        pytest.param(b"a=1; Domain=.example.com; Secure", b"a=1; Secure", id="leading-dot"),
+        pytest.param(b"a=1; domain=EXAMPLE.COM", b"a=1", id="case"),
+        pytest.param(b"a=1; Domain = example.com ", b"a=1", id="blanks"),
+        pytest.param(b"a=1; Domain=com", b"a=1", id="parent-of-a-base"),
+        pytest.param(b"a=1; Domain=example.net", b"a=1", id="parent-of-a-nested-base"),
+        pytest.param(b"a=1; Domain=", b"a=1", id="empty"),
+        pytest.param(b"a=1; Domain=x; Domain=example.com", b"a=1; Domain=x", id="two-domains"),
+        pytest.param(
+            b"a=1; Domain=shop.example.com", b"a=1; Domain=shop.example.com", id="own-subdomain"
+        ),
+        pytest.param(b"a=1; Domain=other.org", b"a=1; Domain=other.org", id="unrelated"),
+        pytest.param(b"a=1; Path=/; HttpOnly", b"a=1; Path=/; HttpOnly", id="host-route-path"),
+    ],
+)
+def test_a_cookie_domain_covering_other_tenants_is_dropped(cookie: bytes, expected: bytes) -> None:
+    assert scope_cookie(cookie, b"", BASES) == expected
+
+
+@pytest.mark.parametrize(
+    ("cookie", "expected"),
+    [
+        pytest.param(b"a=1; Path=/", b"a=1; Path=/dispatch/shop", id="root"),
+        pytest.param(b"a=1; Path=/cart", b"a=1; Path=/dispatch/shop/cart", id="below"),
+        pytest.param(b"a=1; path=/cart; Secure", b"a=1; Path=/dispatch/shop/cart; Secure", id="lc"),
+        pytest.param(b"a=1", b"a=1; Path=/dispatch/shop", id="no-path"),
+        pytest.param(b"a=1; Path=cart", b"a=1; Path=/dispatch/shop", id="not-absolute"),
+        pytest.param(b"a=1; Path=", b"a=1; Path=/dispatch/shop", id="empty"),
+        pytest.param(
+            b"a=1; Domain=example.com; Path=/x",
+            b"a=1; Path=/dispatch/shop/x",
+            id="domain-and-path",
+        ),
+    ],
+)
+def test_a_cookie_path_goes_under_the_route_prefix(cookie: bytes, expected: bytes) -> None:
+    assert scope_cookie(cookie, b"/dispatch/shop", BASES) == expected
+
+
+def test_set_cookie_headers_are_scoped_in_the_response() -> None:
+    upstream = [(b"Set-Cookie", b"a=1; Path=/"), (b"set-cookie", b"b=2; Domain=example.com")]
+    out = filter_response_headers(upstream, b"rid", b"/dispatch/shop", b"/dispatch/shop", BASES)
+    assert values(out, b"set-cookie") == [b"a=1; Path=/dispatch/shop", b"b=2; Path=/dispatch/shop"]

@@ -1,0 +1,53 @@
+"""The client address a per-client limit counts: the one the trusted ``X-Forwarded-For`` chain
+gives, walked from the right (as uvicorn's ``_TrustedHosts`` and werkzeug's ``ProxyFix`` do).
+
+A peer outside ``trusted_proxies`` is the client, whatever it claims in ``X-Forwarded-For``:
+a client cannot pick its own bucket. From a trusted peer, the chain is read right to left
+and the first address that is not itself a trusted proxy is the client (all trusted: the
+leftmost). IPv6 clients are counted per /64, the smallest block a subscriber usually gets,
+so a client cannot step around its limit by walking through its own prefix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import Final
+
+from dispatcher.proxy.headers import TrustPolicy
+
+__all__ = ["client_key"]
+
+#: Longest client identity kept as a key (an unparsable entry a trusted proxy passed on).
+_MAX_KEY: Final = 64
+
+
+def client_key(headers: Iterable[tuple[bytes, bytes]], peer: str | None, trust: TrustPolicy) -> str:
+    """The identity of the client behind ``peer``: an IPv4 address or an IPv6 /64."""
+    if not trust.trusts(peer):
+        return _bucket(peer or "")
+    chain: list[str] = []
+    for name, value in headers:
+        if name == b"x-forwarded-for":
+            chain.extend(value.decode("latin-1").split(","))
+    client = peer or ""
+    for entry in reversed(chain):
+        entry = entry.strip()
+        if not entry:
+            continue
+        client = entry
+        if not trust.trusts(entry):
+            break
+    return _bucket(client)
+
+
+def _bucket(address: str) -> str:
+    if ":" not in address:
+        return address[:_MAX_KEY]
+    try:
+        parsed = ipaddress.IPv6Address(address.strip("[]"))
+    except ValueError:
+        return address[:_MAX_KEY]
+    if parsed.ipv4_mapped is not None:
+        return str(parsed.ipv4_mapped)
+    return str(ipaddress.IPv6Network((parsed, 64), strict=False))
