@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: run test lint format bench soak install dev clean
+.PHONY: run test lint format bench bench-registry soak install dev clean
 
 $(BIN)/dispatcher: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ format: dev
 ## Load benchmark vs nginx, Caddy and the uvicorn floor (bench/); BENCH_ARGS=--quick to smoke-test.
 bench: dev
 	$(PY) -m bench $(BENCH_ARGS)
+
+## The registry at platform scale (bench/registry.py): 100k workers, 1M domains, 2 processes,
+## churn at 10 changes/s; BENCH_ARGS=--workers 2000 --domains 20000 to smoke-test.
+bench-registry: dev
+	$(PY) -m bench.registry $(BENCH_ARGS)
 
 soak: dev
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)

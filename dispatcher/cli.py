@@ -32,6 +32,7 @@ from dispatcher.onboarding import (
 )
 from dispatcher.routing import UNAVAILABLE, DomainAnswer, Route, RoutingTable, resolve
 from dispatcher.settings import ConfigError, Settings, load_settings
+from workers_registry.bulk import ImportFormat, parse_domains, parse_workers
 from workers_registry.migrate import upgrade
 from workers_registry.models import (
     CheckedDomain,
@@ -126,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     remove = workers.add_parser("remove", help="remove a worker and its domains")
     remove.add_argument("name")
     remove.set_defaults(handler=_registry(_workers_remove))
+    wimport = workers.add_parser("import", help="add workers from a file, in one transaction")
+    _import_arguments(wimport)
+    wimport.set_defaults(handler=_registry(_workers_import))
 
     domains = commands.add_parser("domains", help="manage custom domains").add_subparsers(
         dest="domains_command", required=True, metavar="ACTION"
@@ -158,12 +162,26 @@ def _parser() -> argparse.ArgumentParser:
     dstatus.add_argument("domain")
     dstatus.add_argument("status", choices=[s.value for s in DomainStatus])
     dstatus.set_defaults(handler=_registry(_domains_set_status))
+    dimport = domains.add_parser(
+        "import", help="add custom domains from a file, in one transaction"
+    )
+    _import_arguments(dimport)
+    dimport.set_defaults(handler=_registry(_domains_import))
 
     resolve_cmd = commands.add_parser("resolve", help="show how a request to URL would route")
     resolve_cmd.add_argument("url")
     resolve_cmd.add_argument("--json", action="store_true")
     resolve_cmd.set_defaults(handler=_registry(_resolve))
     return parser
+
+
+def _import_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="JSON lines or CSV with a header line; - for stdin")
+    parser.add_argument(
+        "--format",
+        choices=["jsonl", "csv"],
+        help="default: csv for a .csv file, else jsonl",
+    )
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -247,6 +265,7 @@ def app_factory() -> Any:
     # a large share of the CPU per request (bench/RESULTS.md). Nearly all garbage here is
     # freed by reference counting: collect the young generation rarely.
     gc.set_threshold(_GC_YOUNG_THRESHOLD, 20, 100)
+    app.state.freeze_loaded = True  # and the workers loaded at start, and at each resync
     return app
 
 
@@ -390,6 +409,42 @@ async def _domains_add(store: RegistryStore, settings: Settings, args: argparse.
             "The domain is checked within seconds, then with back-off; it routes once verified.\n"
             f"Check now: dispatcher domains verify {record.domain}"
         )
+    return 0
+
+
+def _import_lines(args: argparse.Namespace) -> tuple[list[str], ImportFormat]:
+    fmt: ImportFormat = args.format or ("csv" if args.file.lower().endswith(".csv") else "jsonl")
+    if args.file == "-":
+        return sys.stdin.readlines(), fmt
+    try:
+        with open(args.file, encoding="utf-8", newline="") as file:
+            return file.readlines(), fmt
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"cannot read {args.file}: {exc}") from None
+
+
+async def _workers_import(
+    store: RegistryStore, settings: Settings, args: argparse.Namespace
+) -> int:
+    lines, fmt = _import_lines(args)
+    parsed = parse_workers(lines, fmt, context=settings.registration_context)
+    count = await store.import_workers(parsed.records, parsed.labels)
+    print(f"imported {count} workers")
+    return 0
+
+
+async def _domains_import(
+    store: RegistryStore, settings: Settings, args: argparse.Namespace
+) -> int:
+    lines, fmt = _import_lines(args)
+    parsed = parse_domains(
+        lines,
+        fmt,
+        context=settings.registration_context,
+        check=lambda spec: check_placement(spec, settings),
+    )
+    count = await store.import_domains(parsed.records, parsed.labels)
+    print(f"imported {count} custom domains")
     return 0
 
 

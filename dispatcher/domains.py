@@ -5,7 +5,10 @@
 - single-flight: many concurrent misses for one host share one registry query;
 - stale-if-error: when the registry cannot answer, the last known answer (even expired) is
   served and the failure logged; with nothing known the answer is ``UNAVAILABLE``. A failure
-  is remembered for ``error_ttl`` seconds so an outage does not cost one timeout per request.
+  is remembered for ``error_ttl`` seconds so an outage does not cost one timeout per request;
+- per-host changes: ``refresh(hosts)`` (the registry's change log) re-reads the changed hosts
+  that are cached, in one query per thousand, and forgets the others; every other host keeps
+  its entry. A lookup that was in flight for a changed host does not write its answer.
 
 The resolver knows nothing about HTTP; routing decides what an answer means.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -25,9 +28,11 @@ from dispatcher.errors import RegistryUnavailable
 from dispatcher.routing import UNAVAILABLE, DomainAnswer
 from workers_registry.models import CustomDomain
 
-__all__ = ["CustomDomainResolver", "DomainLookup"]
+__all__ = ["CustomDomainResolver", "DomainLookup", "DomainsLookup"]
 
 DomainLookup = Callable[[str], Awaitable[CustomDomain | None]]
+#: Many hosts at once: the entries that exist among them.
+DomainsLookup = Callable[[Collection[str]], Awaitable[list[CustomDomain]]]
 
 _log = structlog.get_logger("dispatcher.domains")
 
@@ -52,6 +57,11 @@ class _LRU(OrderedDict[str, _V]):
         if value is not None:
             self.move_to_end(key)
         return value
+
+    def replace(self, key: str, value: _V) -> None:
+        """Give ``key`` a new value where it stands (no change of recency); absent: nothing."""
+        if key in self:
+            super().__setitem__(key, value)
 
     def __setitem__(self, key: str, value: _V) -> None:
         super().__setitem__(key, value)
@@ -78,8 +88,10 @@ class CustomDomainResolver:
         maxsize: int,
         error_ttl: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        lookup_many: DomainsLookup | None = None,
     ) -> None:
         self._lookup = lookup
+        self._lookup_many = lookup_many
         self._ttl = ttl
         self._negative_ttl = negative_ttl
         self._error_ttl = error_ttl
@@ -129,9 +141,13 @@ class CustomDomainResolver:
         return await asyncio.shield(pending)
 
     def invalidate(self, host: str | None = None) -> None:
-        """Forget ``host`` (or everything) so the next request asks the registry."""
-        self._generation += 1
+        """Forget ``host`` (or everything) so the next request asks the registry.
+
+        A lookup in flight for a forgotten host does not write its answer; the lookups of
+        other hosts are not disturbed.
+        """
         if host is None:
+            self._generation += 1
             self._cache.clear()
             self._failed.clear()
             self._inflight.clear()
@@ -139,6 +155,34 @@ class CustomDomainResolver:
             self._cache.pop(host, None)
             self._failed.pop(host, None)
             self._inflight.pop(host, None)
+
+    async def refresh(self, hosts: Collection[str] | None) -> None:
+        """The registry changed ``hosts`` (``None``: any host): re-read those that are cached.
+
+        The others are only forgotten (a failure remembered, a lookup in flight), so the next
+        request asks. Without ``lookup_many`` the changed hosts are dropped instead. Raises
+        ``RegistryUnavailable`` (the cached entries stay, stale) if the registry cannot answer.
+        """
+        changed = list(self._cache) if hosts is None else hosts
+        cached: list[str] = []
+        for host in changed:
+            self._failed.pop(host, None)
+            self._inflight.pop(host, None)  # its answer may predate the change
+            if host in self._cache:
+                cached.append(host)
+        if not cached:
+            return
+        if self._lookup_many is None:
+            for host in cached:
+                self._cache.pop(host, None)
+            return
+        self.queries += (len(cached) + 999) // 1000
+        found = {entry.domain: entry for entry in await self._lookup_many(cached)}
+        now = self._clock()
+        for host in cached:
+            answer = found.get(host)
+            ttl = self._ttl if answer is not None else self._negative_ttl
+            self._cache.replace(host, _Entry(answer, now + ttl))
 
     def _forget(self, host: str, task: asyncio.Task[DomainAnswer]) -> None:
         if self._inflight.get(host) is task:
@@ -160,7 +204,7 @@ class CustomDomainResolver:
                 return stale.answer
             _log.warning("domain_lookup_failed", host=host)
             return UNAVAILABLE
-        if generation == self._generation:
+        if generation == self._generation and self._inflight.get(host) is asyncio.current_task():
             ttl = self._ttl if answer is not None else self._negative_ttl
             self._cache[host] = _Entry(answer, self._clock() + ttl)
             self._failed.pop(host, None)

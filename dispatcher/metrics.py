@@ -11,6 +11,9 @@ Metrics are per process: with ``serve --workers N`` a scrape sees the process th
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "Metrics", "StateReading"]
+__all__ = ["CONTENT_TYPE", "LoopLagProbe", "Metrics", "StateReading"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -50,6 +53,10 @@ class StateReading:
     registry_reloads: int
     registry_version: int
     workers: int
+    registry_changes_applied: int = 0
+    registry_resyncs: int = 0
+    registry_lag: int = 0
+    registry_lag_seconds: float = 0.0
 
 
 class _StateCollector(Collector):
@@ -71,17 +78,95 @@ class _StateCollector(Collector):
         )
         yield CounterMetricFamily(
             "dispatcher_registry_reloads",
-            "Worker snapshot reloads",
+            "Full loads of every worker (start and resyncs)",
             value=state.registry_reloads,
+        )
+        yield CounterMetricFamily(
+            "dispatcher_registry_changes_applied",
+            "Change-log entries applied one key at a time",
+            value=state.registry_changes_applied,
+        )
+        yield CounterMetricFamily(
+            "dispatcher_registry_resyncs",
+            "Full loads because the change log could not bridge the gap",
+            value=state.registry_resyncs,
         )
         yield GaugeMetricFamily(
             "dispatcher_registry_version",
-            "Registry version of the snapshot",
+            "Sequence number of the last registry change applied",
             value=state.registry_version,
+        )
+        yield GaugeMetricFamily(
+            "dispatcher_registry_applied_sequence",
+            "Sequence number of the last registry change applied",
+            value=state.registry_version,
+        )
+        yield GaugeMetricFamily(
+            "dispatcher_registry_apply_lag",
+            "Registry changes known to exist and not applied yet",
+            value=state.registry_lag,
+        )
+        yield GaugeMetricFamily(
+            "dispatcher_registry_apply_lag_seconds",
+            "How long the oldest known unapplied registry change has waited",
+            value=state.registry_lag_seconds,
         )
         yield GaugeMetricFamily(
             "dispatcher_workers", "Workers in the snapshot", value=state.workers
         )
+
+
+class LoopLagProbe(Collector):
+    """How long something held the event loop: how late a timer ran because of this process.
+
+    A task asks to wake every ``interval`` seconds and records how late it woke, as the
+    histogram ``dispatcher_event_loop_lag_seconds`` (a stall shows up in the bucket of its
+    length). Lateness counts only as far as the loop's thread was running meanwhile (its CPU
+    time over the wait): time the machine gave the CPU to other processes is not a stall of
+    ours, and on a busy host it would drown the stalls that are. Off by default
+    (setting ``loop_lag_probe``): it wakes the process 200 times a second. The registry
+    benchmark turns it on.
+    """
+
+    BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self._interval = interval
+        self._buckets = [0] * (len(self.BUCKETS) + 1)
+        self._total = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        clock, cpu = time.perf_counter, time.thread_time
+        while True:
+            started, ran = clock(), cpu()
+            await asyncio.sleep(self._interval)
+            late = clock() - started - self._interval
+            busy = cpu() - ran  # how much of the wait the loop's thread was running
+            lag = max(0.0, min(late, busy))
+            self._buckets[bisect_left(self.BUCKETS, lag)] += 1
+            self._total += lag
+
+    def collect(self) -> Iterator[Metric]:
+        bounds = [*(str(bound) for bound in self.BUCKETS), "+Inf"]
+        family = HistogramMetricFamily(
+            "dispatcher_event_loop_lag_seconds",
+            "How late the event loop ran a timer asked for every 5 ms",
+        )
+        family.add_metric(
+            [], list(zip(bounds, accumulate(self._buckets), strict=True)), self._total
+        )
+        yield family
 
 
 class Metrics(Collector):

@@ -16,6 +16,8 @@ IPv4 addresses hide in other spellings, and both checks see through them:
 
 - numeric host names the C resolver reads as IPv4 (``2130706433``, ``127.1``, ``0x7f.1``,
   ``0177.0.0.1``): refused at registration, where only the dotted-quad spelling is accepted;
+- the unspecified address (``0.0.0.0``, ``::``, ``0``): a connect to it reaches the local host,
+  so it is refused whatever the lists say (a deny list naming loopback would miss it);
 - IPv6 forms that carry an IPv4 address (``::ffff:a.b.c.d`` mapped, ``::a.b.c.d`` compatible,
   ``64:ff9b::a.b.c.d`` NAT64, ``2002:AABB:CCDD::`` 6to4): judged as the IPv4 address too.
 """
@@ -53,6 +55,9 @@ DEFAULT_DENIED_NETWORKS: Final = (
     "255.255.255.255/32",  # broadcast
 )
 
+# connect() to the unspecified address reaches the local host: never an upstream, whatever the
+# lists say (a deny list naming loopback would not name it).
+_THIS_HOST: Final = (ipaddress.IPv4Network("0.0.0.0/8"), ipaddress.IPv6Network("::/128"))
 _NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
 _COMPATIBLE: Final = ipaddress.IPv6Network("::/96")
 # What the C resolver would read as an IPv4 address: digits, hex and dots only.
@@ -103,6 +108,8 @@ class UpstreamNetworks:
             inner = _embedded_ipv4(address)
             if inner is not None and not self.allows(inner):
                 return False
+        if any(address in network for network in _THIS_HOST):
+            return False
         if self.allowed and not any(address in network for network in self.allowed):
             return False
         return not any(address in network for network in self.denied)

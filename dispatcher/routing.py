@@ -16,7 +16,8 @@ On a tenant host the tenant owns every path, ``/health`` included.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Final
@@ -102,25 +103,26 @@ _INFO_METHODS: Final = frozenset({"GET", "HEAD"})
 
 @dataclass(frozen=True, slots=True)
 class RoutingTable:
-    """The data routing needs: configuration plus the worker snapshot.
+    """The data routing needs: configuration plus every worker.
 
-    Rebuilt (cheaply) whenever the registry snapshot changes; never mutated.
+    Built whole at a full load of the registry; after that, ``put_worker`` changes one worker
+    at a time (the registry's change log). Nothing remembered depends on a worker: the memo
+    holds what a host's label says (a worker name or a refusal), and the worker is looked up
+    at each request, so a change to one worker touches no other entry.
     """
 
     base_domains: tuple[str, ...]
     control_hosts: frozenset[str]
     reserved: frozenset[str]
-    workers: Mapping[str, Worker]
-    # What ``subdomain_worker`` answered per host: a worker, None, or the error to raise.
-    _subdomains: Memo[str, Worker | RoutingError | None] = field(
-        init=False, compare=False, repr=False
-    )
+    workers: dict[str, Worker]
+    # What a host's label names: a valid worker name, None (no subdomain), or the error.
+    _subdomains: Memo[str, str | RoutingError | None] = field(init=False, compare=False, repr=False)
     # What ``is_control_host`` answered per host (asked twice per request: once to know
     # whether the custom-domain registry must be asked, once by ``resolve``).
     _control: Memo[str, bool] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_subdomains", Memo(self._subdomain_answer, _MEMO_SIZE))
+        object.__setattr__(self, "_subdomains", Memo(self._subdomain_name, _MEMO_SIZE))
         object.__setattr__(self, "_control", Memo(self._is_control_host, _MEMO_SIZE))
 
     @classmethod
@@ -161,23 +163,33 @@ class RoutingTable:
         """The worker that ``host``, one label under a base domain, names.
 
         ``None`` when ``host`` is not such a subdomain; raises ``InvalidWorkerName``,
-        ``ReservedWorkerName`` or ``WorkerNotFound`` for a label that names no worker. The
-        answer is a function of the host and this (immutable) table, so it is remembered:
+        ``ReservedWorkerName`` or ``WorkerNotFound`` for a label that names no worker. What
+        the label names is a function of the host and the configuration, so it is remembered:
         hosts repeat, and this is on every subdomain request.
         """
-        known = self._subdomains[host]
-        if isinstance(known, RoutingError):
-            raise type(known)(known.message)  # a fresh one: a raised error keeps its traceback
-        return known
+        name = self._subdomains[host]
+        if name is None:
+            return None
+        if isinstance(name, RoutingError):
+            raise type(name)(name.message)  # a fresh one: a raised error keeps its traceback
+        worker = self.workers.get(name)
+        if worker is None or not worker.enabled:
+            raise WorkerNotFound(f"Worker '{name}' does not exist")
+        return worker
 
-    def _subdomain_answer(self, host: str) -> Worker | RoutingError | None:
+    def _subdomain_name(self, host: str) -> str | RoutingError | None:
         try:
             label = self.subdomain_label(host)
-            if label is None:
-                return None
-            return self.worker(validate_worker_name(label, self.reserved))
+            return None if label is None else validate_worker_name(label, self.reserved)
         except RoutingError as exc:
             return exc
+
+    def put_worker(self, name: str, worker: Worker | None) -> None:
+        """Replace worker ``name`` (``None``: remove it); nothing else changes."""
+        if worker is None:
+            self.workers.pop(name, None)
+        else:
+            self.workers[name] = worker
 
     def worker(self, name: str) -> Worker:
         """The enabled worker called ``name``, or ``WorkerNotFound``."""
@@ -291,6 +303,13 @@ _DOT_SEGMENTS: Final = frozenset({".", ".."})
 # (IIS, some Java and Node ones), ``;`` starts path parameters (``..;`` is ``..`` to Tomcat).
 _SEPARATORS: Final = re.compile(r"[/\\]")
 _DECODE_ROUNDS: Final = 3  # ``%252e`` is ``.`` to an upstream that decodes twice
+# Other spellings of ``.``, ``/`` and ``\\`` some upstream reads: ``%u002e`` (IIS, .NET's
+# UrlDecode), overlong UTF-8 (``%c0%ae``: old Java and Tomcat decoders) and compatibility
+# characters (fullwidth ``%ef%bc%8e``, which NFKC folds to ``.``).
+_PERCENT_U: Final = re.compile(r"%u([0-9a-f]{4})", re.IGNORECASE)
+_OVERLONG: Final = re.compile(
+    rb"[\xc0\xc1][\x80-\xbf]|\xe0[\x80-\x9f][\x80-\xbf]|\xf0[\x80-\x8f][\x80-\xbf]{2}"
+)
 
 
 def _reject_dot_segments(text: str) -> None:
@@ -301,16 +320,39 @@ def _reject_dot_segments(text: str) -> None:
     a path route's ``/dispatch/<name>``. Normalising would have to guess how each upstream
     reads a path; refusing does not: a segment that, once percent-decoded (repeatedly), cut
     at ``;`` and split on ``/`` or ``\\`` too, is ``.`` or ``..`` (trailing blanks and NULs
-    ignored) is 400 on every route kind. Browsers never send one (they resolve dot segments
-    before sending), so only hand-made requests meet this. ``text`` is the raw path decoded
-    as latin-1; the callers look for a ``%``, ``/.`` or ``\\.`` in it first (as ``str``: on
-    bytes, ``in`` costs an exception raised and cleared in CPython 3.11), since without one no
-    segment can be a dot segment.
+    ignored) is 400 on every route kind, and so is one that is ``.`` or ``..`` once ``%uXXXX``
+    escapes, overlong UTF-8 and compatibility characters are read as well (``_unicode_reading``).
+    Browsers never send one (they resolve dot segments before sending), so only hand-made
+    requests meet this. ``text`` is the raw path decoded as latin-1; the callers look for a
+    ``%``, ``/.`` or ``\\.`` in it first (as ``str``: on bytes, ``in`` costs an exception raised
+    and cleared in CPython 3.11), since without one no segment can be a dot segment.
     """
     for _ in range(_DECODE_ROUNDS):
         if "%" not in text:
             break
         text = unquote(text, encoding="latin-1")
+    _reject_dot_segment_in(text)
+    if not text.isascii() or "%u" in text or "%U" in text:
+        _reject_dot_segment_in(_unicode_reading(text))
+
+
+def _reject_dot_segment_in(text: str) -> None:
     for segment in _SEPARATORS.split(text):
         if segment.partition(";")[0].rstrip(" \t\x00") in _DOT_SEGMENTS:
             raise InvalidRequest("Dot segments ('.' or '..') are not allowed in request paths")
+
+
+def _unicode_reading(text: str) -> str:
+    """The percent-decoded path ``text`` (latin-1) as the most lenient upstream reads it."""
+    raw = _OVERLONG.sub(_shortest_form, text.encode("latin-1"))
+    decoded = _PERCENT_U.sub(lambda match: chr(int(match[1], 16)), raw.decode("utf-8", "replace"))
+    return unicodedata.normalize("NFKC", decoded)
+
+
+def _shortest_form(match: re.Match[bytes]) -> bytes:
+    """An overlong UTF-8 sequence (``c0 ae``) rewritten as the character it spells (``.``)."""
+    sequence = match[0]
+    code = sequence[0] & (0x1F, 0x0F, 0x07)[len(sequence) - 2]
+    for byte in sequence[1:]:
+        code = code << 6 | byte & 0x3F
+    return chr(code).encode("utf-8", "surrogatepass")

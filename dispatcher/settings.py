@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     via_name: str = Field("dispatcher", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     max_hops: int = Field(3, ge=1)
     registry_poll_interval: float = Field(2.0, gt=0)
+    registry_change_retention: float = Field(3600.0, gt=0)
     domain_challenge_prefix: str = Field("_dispatcher-challenge", pattern=_CHALLENGE_LABEL)
     cname_target: str | None = None
     domain_verify_min_interval: float = Field(60.0, gt=0)
@@ -93,6 +94,7 @@ class Settings(BaseSettings):
     dns_resolvers: StrList = ()
     dns_timeout: float = Field(5.0, gt=0)
     metrics_per_worker: bool = False
+    loop_lag_probe: bool = False
     rate_limit_url: SecretStr | None = None
     rate_limit_timeout: float = Field(0.05, gt=0, le=10)
     rate_limit_fail_open: bool = True

@@ -15,6 +15,7 @@ It does not forward anything and writes no response: that is the gateway's job.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from typing import Any
 
@@ -25,7 +26,7 @@ from dispatcher.domains import CustomDomainResolver
 from dispatcher.errors import RegistryUnavailable, RoutingError
 from dispatcher.hosts import normalize_wire_host
 from dispatcher.logging import batched_logs
-from dispatcher.metrics import Metrics, StateReading
+from dispatcher.metrics import LoopLagProbe, Metrics, StateReading
 from dispatcher.onboarding import DomainVerifier, OnboardingMetrics
 from dispatcher.proxy.transport import UpstreamTransport
 from dispatcher.proxy.upstreams import UpstreamSelector
@@ -33,6 +34,7 @@ from dispatcher.ratelimit import RateLimiter
 from dispatcher.routing import DomainAnswer, Route, RoutingTable, resolve
 from dispatcher.settings import Settings
 from workers_registry.changes import PostgresListener, RegistryFollower, RegistrySnapshot
+from workers_registry.models import Worker
 from workers_registry.store import RegistryStore
 
 __all__ = ["DispatcherState"]
@@ -58,6 +60,13 @@ class DispatcherState:
         self.domains: CustomDomainResolver | None = None
         self.listener: PostgresListener | None = None
         self.metrics = Metrics(self._state_reading, per_worker=settings.metrics_per_worker)
+        #: Move every full load out of the cyclic collector's view (``gc.freeze``): set by the
+        #: server process (``dispatcher.cli.app_factory``), never in tests or embedding apps.
+        self.freeze_loaded = False
+        self.loop_lag: LoopLagProbe | None = None
+        if settings.loop_lag_probe:
+            self.loop_lag = LoopLagProbe()
+            self.metrics.registry.register(self.loop_lag)
         self.limiter = RateLimiter(settings)
         self.metrics.registry.register(self.limiter)
         self.onboarding_metrics = OnboardingMetrics()
@@ -125,8 +134,12 @@ class DispatcherState:
             cache_misses=domains.misses if domains else 0,
             cache_size=len(domains) if domains else 0,
             registry_reloads=follower.reloads if follower else 0,
-            registry_version=follower.snapshot.version if follower else -1,
+            registry_version=follower.applied if follower else -1,
             workers=len(self.table.workers),
+            registry_changes_applied=follower.changes_applied if follower else 0,
+            registry_resyncs=follower.resyncs if follower else 0,
+            registry_lag=follower.lag if follower else 0,
+            registry_lag_seconds=follower.lag_seconds if follower else 0.0,
         )
 
     async def health_report(self) -> tuple[bool, dict[str, Any]]:
@@ -148,12 +161,18 @@ class DispatcherState:
                 "version": version,
                 "latency_ms": round((time.perf_counter() - started) * 1000, 2),
             }
-        snapshot = self.follower.snapshot
+        follower = self.follower
         checks["snapshot"] = {
-            "version": snapshot.version,
-            "workers": len(snapshot.workers),
-            "age_seconds": round(snapshot.age, 3),
-            "reloads": self.follower.reloads,
+            "version": follower.applied,
+            "applied_seq": follower.applied,
+            "head_seq": follower.head,
+            "lag": follower.lag,
+            "lag_seconds": round(follower.lag_seconds, 3),
+            "workers": len(self.table.workers),
+            "age_seconds": round(time.monotonic() - follower.applied_at, 3),
+            "reloads": follower.reloads,
+            "resyncs": follower.resyncs,
+            "changes_applied": follower.changes_applied,
         }
         domains = self.domains
         checks["domain_cache"] = {
@@ -211,6 +230,8 @@ class DispatcherState:
     async def startup(self) -> None:
         """Open the registry, load the snapshot, start following it and start the verifier."""
         settings = self.settings
+        if self.loop_lag is not None:
+            self.loop_lag.start()  # first, so that the initial load is measured too
         self.store = RegistryStore.from_url(
             settings.async_database_url, connect_timeout=settings.connect_timeout
         )
@@ -219,11 +240,15 @@ class DispatcherState:
             ttl=settings.domain_cache_ttl,
             negative_ttl=settings.domain_negative_ttl,
             maxsize=settings.domain_cache_size,
+            lookup_many=self.store.domains_named,
         )
         self.follower = RegistryFollower(
             self.store,
             poll_interval=settings.registry_poll_interval,
-            on_change=self._apply_snapshot,
+            on_load=self._apply_snapshot,
+            on_worker=self._apply_worker,
+            on_domains=self.domains.refresh,
+            retention=settings.registry_change_retention,
         )
         await self.follower.start()
         if not self.follower.healthy:
@@ -240,6 +265,8 @@ class DispatcherState:
         await self.domain_verifier.start()
 
     async def shutdown(self) -> None:
+        if self.loop_lag is not None:
+            await self.loop_lag.aclose()
         if self.domain_verifier is not None:
             await self.domain_verifier.aclose()
         if self.listener is not None:
@@ -252,11 +279,23 @@ class DispatcherState:
             await self.store.aclose()
 
     def _apply_snapshot(self, snapshot: RegistrySnapshot) -> None:
+        """A full load: a new table swapped in whole (the follower refreshes cached hosts)."""
         self.table = self._table(snapshot)
         self.limiter.forget()
-        if self.domains is not None:
-            # The version poll cannot say which domain changed: forget them all.
-            self.domains.invalidate()
+        if self.freeze_loaded:
+            # 100,000 workers are a million long-lived objects: a full collection walking
+            # them holds the loop for hundreds of ms. The old table is still freed (by
+            # reference counting) when it goes.
+            gc.freeze()
+
+    def _apply_worker(self, name: str, worker: Worker | None) -> None:
+        """One worker changed: the table's entry and that worker's upstream and rate-limit
+        state only."""
+        old = self.table.workers.get(name)
+        self.table.put_worker(name, worker)
+        self.limiter.forget(name)
+        if old is not None:
+            self.selector.forget(old, worker)
 
     def _table(self, snapshot: RegistrySnapshot) -> RoutingTable:
         return RoutingTable.build(

@@ -76,13 +76,31 @@ UPSTREAM_URL_PATTERN: Final = (
 _UPSTREAM_URL = re.compile(UPSTREAM_URL_PATTERN)
 
 
+#: A URL already in the canonical form ``check_upstream_url`` returns: lowercase scheme and
+#: host name, no port 0 or leading zero, no trailing slash. Every stored URL is one, and this
+#: one C-speed match is what reading 100,000 workers costs instead of a parse each.
+_CANONICAL_URL = re.compile(
+    r"https?://[a-z0-9_](?:[a-z0-9_.-]{0,251}[a-z0-9_])?(?::([1-9][0-9]{0,4}))?"
+    r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)*"
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def check_upstream_url(url: str) -> str:
     """Validate an upstream base URL and return its canonical form (no trailing slash).
 
     Accepts ``http`` and ``https`` URLs with a host, an optional port and an optional base path;
     rejects credentials, queries and fragments.
     """
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in url.strip()):
+    canonical = _CANONICAL_URL.fullmatch(url)
+    if canonical and not url.endswith("/") and int(canonical[1] or 1) <= 65535:
+        return url
+    return _parse_upstream_url(url)
+
+
+def _parse_upstream_url(url: str) -> str:
+    """``check_upstream_url`` the long way: parsed, each rule checked, rebuilt."""
+    if _CONTROL.search(url.strip()):
         raise ValueError(f"{url!r}: control characters are not allowed in a URL")
     try:
         parts = urlsplit(url.strip())

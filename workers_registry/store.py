@@ -27,10 +27,12 @@ Transactions per backend:
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence, Sized
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
 import sqlalchemy as sa
@@ -38,6 +40,7 @@ import structlog
 from pydantic import ValidationError
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Row, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
@@ -61,9 +64,16 @@ from workers_registry.models import (
     WorkerCreate,
     WorkerSpec,
 )
-from workers_registry.tables import REGISTRY_VERSION_ID, custom_domains, registry_version, workers
+from workers_registry.tables import (
+    REGISTRY_VERSION_ID,
+    custom_domains,
+    registry_changes,
+    registry_version,
+    workers,
+)
 
 __all__ = [
+    "Change",
     "RegistryStore",
     "async_database_url",
     "autocommit",
@@ -110,9 +120,45 @@ _SPEC_FIELDS: set[str] = set(WorkerSpec.model_fields)
 _VERSION_QUERY = sa.select(registry_version.c.version).where(
     registry_version.c.id == REGISTRY_VERSION_ID
 )
+_CHANGES_AFTER = (
+    sa.select(
+        registry_changes.c.seq,
+        registry_changes.c.table_name,
+        registry_changes.c.key,
+        registry_changes.c.op,
+    )
+    .where(registry_changes.c.seq > sa.bindparam("after"))
+    .order_by(registry_changes.c.seq)
+    .limit(sa.bindparam("limit"))
+)
+_WORKERS_NAMED = sa.select(*_WORKER_COLUMNS).where(
+    workers.c.name.in_(sa.bindparam("keys", expanding=True))
+)
+_DOMAINS_NAMED = sa.select(*_DOMAIN_COLUMNS).where(
+    custom_domains.c.domain.in_(sa.bindparam("keys", expanding=True))
+)
+#: Rows per INSERT statement of an import on Postgres.
+_IMPORT_ROWS_PER_STATEMENT = 50_000
+#: Keys per ``IN (...)`` query when rows are read by key.
+_KEYS_PER_QUERY = 1000
+#: Rows a full load reads and validates between two turns of the event loop (~5 ms).
+LOAD_CHUNK = 250
 _LOOKUP_DOMAIN = sa.select(*_DOMAIN_COLUMNS).where(
     custom_domains.c.domain == sa.bindparam("domain")
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the change log: row ``key`` of ``table`` changed by ``op`` at ``seq``.
+
+    ``key`` is ``None`` for a ``truncate`` (every row of the table).
+    """
+
+    seq: int
+    table: str
+    key: str | None
+    op: str
 
 
 def async_database_url(url: str) -> str:
@@ -282,9 +328,33 @@ def _integrity_error(
     return InvalidRequest("The registry rejected this change")
 
 
+def _rejected(
+    error: type[Conflict] | type[InvalidRequest], problems: list[tuple[str, str]]
+) -> DispatcherError:
+    """An import refused because of ``problems`` (label, message), the first few named."""
+    details = [{"field": label, "message": message} for label, message in problems[:20]]
+    first = details[0]
+    return error(
+        f"The import was rejected, nothing was written: {first['field']}: {first['message']}",
+        details=details,
+    )
+
+
+def _labels(labels: Sequence[str] | None, count: int) -> Sequence[str]:
+    return labels if labels is not None else [f"record {index + 1}" for index in range(count)]
+
+
+#: Every field of a stored worker is set: one set shared by every worker read (pydantic would
+#: give each its own, 728 bytes of a worker's ~1.4 KB). Never mutated: a copy of a frozen
+#: model gets a copy of it.
+_ALL_WORKER_FIELDS: set[str] = set(Worker.model_fields)
+
+
 def _worker(row: Row[Any]) -> Worker | None:
     try:
-        return Worker.model_validate(row._asdict())
+        worker = Worker.model_validate(row._asdict())
+        object.__setattr__(worker, "__pydantic_fields_set__", _ALL_WORKER_FIELDS)
+        return worker
     except ValidationError as exc:
         # Only rows written around the store (plain SQL) can be invalid. Skip them instead of
         # making the whole registry unreadable.
@@ -360,20 +430,23 @@ class RegistryStore:
         *,
         duplicate: str | None = None,
         unknown_worker: str | None = None,
+        limit: float | None = None,
     ) -> AsyncIterator[AsyncConnection]:
         """One transaction under the query timeout: the one place errors are mapped.
 
         ``duplicate`` is the ``Conflict`` message for a primary-key clash; ``unknown_worker``
-        the worker name to report when a foreign key finds no worker.
+        the worker name to report when a foreign key finds no worker; ``limit`` replaces the
+        query timeout (seconds) for a transaction of many statements (loads, imports).
         """
+        timeout = self._query_timeout if limit is None else limit
         try:
-            async with asyncio.timeout(self._query_timeout), engine.begin() as connection:
+            async with asyncio.timeout(timeout), engine.begin() as connection:
                 yield connection
         except sa_exc.IntegrityError as exc:
             raise _integrity_error(exc, duplicate=duplicate, unknown_worker=unknown_worker) from exc
         except TimeoutError as exc:
             raise RegistryUnavailable(
-                f"The worker registry did not answer within {self._query_timeout:g} s"
+                f"The worker registry did not answer within {timeout:g} s"
             ) from exc
         except _UNAVAILABLE as exc:
             raise RegistryUnavailable("The worker registry database cannot be reached") from exc
@@ -385,14 +458,57 @@ class RegistryStore:
         async with self._transaction(self._reader) as connection:
             return int((await connection.execute(_VERSION_QUERY)).scalar_one())
 
-    async def load_workers(self) -> tuple[int, list[Worker]]:
-        """The version and every worker (ordered by name), read from one snapshot."""
-        async with self._transaction(self._snapshot) as connection:
+    async def load_workers(self, *, limit: float = 120.0) -> tuple[int, list[Worker]]:
+        """The version and every worker (ordered by name), read from one snapshot.
+
+        Rows arrive and are validated ``LOAD_CHUNK`` at a time with a turn of the event loop
+        between chunks, so loading 100,000 workers never holds the loop for long. ``limit``
+        (seconds) bounds the whole load (the per-query timeout would cut a large one short).
+        """
+        loaded: list[Worker] = []
+        query = sa.select(*_WORKER_COLUMNS).order_by(workers.c.name)
+        async with self._transaction(self._snapshot, limit=limit) as connection:
             version = int((await connection.execute(_VERSION_QUERY)).scalar_one())
-            rows = (
-                await connection.execute(sa.select(*_WORKER_COLUMNS).order_by(workers.c.name))
-            ).all()
-        return version, _workers(rows)
+            result = await connection.stream(query.execution_options(yield_per=LOAD_CHUNK))
+            async for rows in result.partitions():
+                loaded.extend(_workers(rows))
+                await asyncio.sleep(0)
+        return version, loaded
+
+    # -- the change log --------------------------------------------------------------------
+
+    async def changes_after(self, seq: int, limit: int = 10_000) -> list[Change]:
+        """Up to ``limit`` change-log entries after ``seq``, in order."""
+        async with self._transaction(self._reader) as connection:
+            rows = (await connection.execute(_CHANGES_AFTER, {"after": seq, "limit": limit})).all()
+        return [Change(row.seq, row.table_name, row.key, row.op) for row in rows]
+
+    async def workers_named(self, names: Collection[str]) -> list[Worker]:
+        """The workers among ``names`` that exist (valid rows only), in no particular order."""
+        rows = await self._rows_by_key(_WORKERS_NAMED, names)
+        return _workers(rows)
+
+    async def domains_named(self, domains: Collection[str]) -> list[CustomDomain]:
+        """The custom domains among ``domains`` (normalised keys) that exist."""
+        return [_domain(row) for row in await self._rows_by_key(_DOMAINS_NAMED, domains)]
+
+    async def _rows_by_key(self, query: sa.Select[Any], keys: Collection[str]) -> list[Row[Any]]:
+        ordered = sorted(keys)
+        rows: list[Row[Any]] = []
+        for start in range(0, len(ordered), _KEYS_PER_QUERY):
+            chunk = ordered[start : start + _KEYS_PER_QUERY]
+            async with self._transaction(self._reader) as connection:
+                rows.extend((await connection.execute(query, {"keys": chunk})).all())
+        return rows
+
+    async def prune_changes(self, retention: float) -> int:
+        """Delete change-log entries older than ``retention`` seconds; how many went."""
+        cutoff = _now() - timedelta(seconds=retention)
+        async with self._transaction(self._writer) as connection:
+            result = await connection.execute(
+                sa.delete(registry_changes).where(registry_changes.c.changed_at < cutoff)
+            )
+        return int(result.rowcount or 0)
 
     # -- workers -------------------------------------------------------------------------
 
@@ -446,7 +562,87 @@ class RegistryStore:
             if result.rowcount == 0:
                 raise _worker_missing(name)
 
+    async def import_workers(
+        self, specs: Sequence[WorkerCreate], labels: Sequence[str] | None = None
+    ) -> int:
+        """Register every worker of ``specs`` in one transaction, or none of them.
+
+        ``Conflict`` naming the records (by ``labels``, e.g. ``line 12``) whose name is taken.
+        On Postgres the whole import is announced by one notification.
+        """
+        labels = _labels(labels, len(specs))
+        now = _now()
+        async with self._transaction(
+            self._writer,
+            duplicate="A worker of the import already exists",
+            limit=_import_limit(specs),
+        ) as connection:
+            taken = await _existing(connection, workers.c.name, [spec.name for spec in specs])
+            if taken:
+                problems = [
+                    (label, f"worker '{spec.name}' already exists")
+                    for spec, label in zip(specs, labels, strict=True)
+                    if spec.name in taken
+                ]
+                raise _rejected(Conflict, problems)
+            rows = [
+                {**spec.model_dump(mode="json"), "created_at": now, "updated_at": now}
+                for spec in specs
+            ]
+            await _insert(connection, workers, rows)
+        return len(specs)
+
     # -- custom domains ------------------------------------------------------------------
+
+    async def import_domains(
+        self, specs: Sequence[CustomDomainCreate], labels: Sequence[str] | None = None
+    ) -> int:
+        """Register every custom domain of ``specs`` in one transaction, or none of them.
+
+        Each gets its verification token and schedule as ``add_domain`` gives them.
+
+        ``InvalidRequest`` naming the records (by ``labels``) whose worker does not exist;
+        ``Conflict`` naming those already registered. On Postgres the whole import is
+        announced by one notification.
+        """
+        labels = _labels(labels, len(specs))
+        now = _now()
+        async with self._transaction(
+            self._writer,
+            duplicate="A domain of the import is already registered",
+            limit=_import_limit(specs),
+        ) as connection:
+            named = {spec.worker for spec in specs}
+            missing = named - await _existing(connection, workers.c.name, named)
+            if missing:
+                problems = [
+                    (label, f"worker '{spec.worker}' does not exist")
+                    for spec, label in zip(specs, labels, strict=True)
+                    if spec.worker in missing
+                ]
+                raise _rejected(InvalidRequest, problems)
+            taken = await _existing(
+                connection, custom_domains.c.domain, [spec.domain for spec in specs]
+            )
+            if taken:
+                problems = [
+                    (label, f"domain '{spec.domain}' is already registered")
+                    for spec, label in zip(specs, labels, strict=True)
+                    if spec.domain in taken
+                ]
+                raise _rejected(Conflict, problems)
+            rows = [
+                {
+                    **spec.model_dump(mode="json"),
+                    **_status_values(spec.status, now),
+                    "verification_token": new_verification_token(),
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for spec in specs
+            ]
+            await _insert(connection, custom_domains, rows)
+        return len(specs)
 
     async def list_domains(self, worker: str | None = None) -> list[CustomDomain]:
         """Every custom domain (of one worker if given), ordered by domain."""
@@ -593,3 +789,65 @@ class RegistryStore:
             )
             if result.rowcount == 0:
                 raise _domain_missing(domain)
+
+
+def _import_limit(specs: Sized) -> float:
+    """Seconds an import of ``specs`` may take: a minute, plus one per 10,000 records."""
+    return 60.0 + len(specs) / 10_000
+
+
+async def _existing(
+    connection: AsyncConnection, column: sa.Column[str], keys: Collection[str]
+) -> set[str]:
+    """The keys among ``keys`` that ``column`` holds (one query per thousand keys)."""
+    ordered = sorted(keys)
+    found: set[str] = set()
+    query = sa.select(column).where(column.in_(sa.bindparam("keys", expanding=True)))
+    for start in range(0, len(ordered), _KEYS_PER_QUERY):
+        chunk = ordered[start : start + _KEYS_PER_QUERY]
+        found.update((await connection.execute(query, {"keys": chunk})).scalars())
+    return found
+
+
+async def _insert(connection: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` into ``table``.
+
+    Postgres: one ``INSERT ... SELECT FROM unnest(<one array per column>)`` per 50,000 rows, so
+    the statement trigger runs a few times, not once per row (an ``executemany`` through
+    asyncpg runs the statement once per row). SQLite: ``executemany`` (its triggers are per
+    row anyway).
+    """
+    if not rows:
+        return
+    if connection.dialect.name != "postgresql":
+        await connection.execute(sa.insert(table), rows)
+        return
+    names = list(rows[0])
+    columns = [table.c[name] for name in names]
+    statement = sa.insert(table).from_select(
+        names, sa.select(sa.text("*")).select_from(sa.func.unnest(*map(_pg_array, columns)))
+    )
+    for start in range(0, len(rows), _IMPORT_ROWS_PER_STATEMENT):
+        chunk = rows[start : start + _IMPORT_ROWS_PER_STATEMENT]
+        await connection.execute(
+            statement,
+            {
+                column.name: [_pg_value(column, row[column.name]) for row in chunk]
+                for column in columns
+            },
+        )
+
+
+def _pg_array(column: sa.Column[Any]) -> sa.ColumnElement[Any]:
+    """The parameter holding one column's values, as a Postgres array of the column's type
+    (JSON is sent as text and cast element by element)."""
+    if isinstance(column.type, sa.JSON):
+        text = sa.bindparam(column.name, type_=postgresql.ARRAY(sa.Text()))
+        return sa.cast(text, postgresql.ARRAY(postgresql.JSONB()))
+    return sa.bindparam(column.name, type_=postgresql.ARRAY(column.type))
+
+
+def _pg_value(column: sa.Column[Any], value: Any) -> Any:
+    if isinstance(column.type, sa.JSON) and value is not None:
+        return json.dumps(value)
+    return value

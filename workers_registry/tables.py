@@ -9,9 +9,13 @@ to a table means a new migration. No I/O in this module.
 - ``custom_domains``: customer domains mapped to a worker (cascade on delete and rename), with
   their onboarding state (verification token, check schedule, last failure).
 - ``registry_version``: a single row (``id = 1``) whose ``version`` every insert, update and
-  delete on the two tables above bumps by one, through triggers, so edits made with plain SQL
-  count too. On Postgres each change is also announced on the ``REGISTRY_CHANNEL`` channel
-  with a JSON payload ``{"table", "op", "key", "version"}``.
+  delete on the two tables above bumps by one per row, through triggers, so edits made with
+  plain SQL count too. The version is the sequence number of the last change.
+- ``registry_changes``: the change log the same triggers write, one entry per changed row:
+  ``seq`` (the version that change brought), ``table_name``, ``key`` (the row's primary key;
+  none for a TRUNCATE), ``op`` (``insert|update|delete|truncate``) and ``changed_at``. Pruned
+  after ``registry_change_retention`` seconds. On Postgres each transaction that changed
+  something is announced once on the ``REGISTRY_CHANNEL`` channel with ``{"seq": N}``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ __all__ = [
     "UTCDateTime",
     "custom_domains",
     "metadata",
+    "registry_changes",
     "registry_version",
     "workers",
 ]
@@ -134,4 +139,14 @@ registry_version = sa.Table(
     sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
     sa.Column("version", sa.BigInteger(), nullable=False),
     sa.CheckConstraint(f"id = {REGISTRY_VERSION_ID}", name="single_row"),
+)
+
+registry_changes = sa.Table(
+    "registry_changes",
+    metadata,
+    sa.Column("seq", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("table_name", sa.Text(), nullable=False),
+    sa.Column("key", sa.Text(), nullable=True),
+    sa.Column("op", sa.Text(), nullable=False),
+    sa.Column("changed_at", UTCDateTime(), nullable=False, server_default=sa.func.now()),
 )

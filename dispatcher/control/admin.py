@@ -11,6 +11,8 @@
     PATCH  /admin/domains/{domain}    -> 200 the changed custom domain (status and/or worker)
     DELETE /admin/domains/{domain}    -> 204
     POST   /admin/domains/{domain}/verify -> 200 the domain after a check made now
+    POST   /admin/import/workers      -> 201 {"imported": N}: a JSON lines or CSV file, at once
+    POST   /admin/import/domains      -> 201 {"imported": N}: the same, for custom domains
 
 Domains are answered with their verification record (``DomainRecord``); a new domain must
 pass ``dispatcher.onboarding.check_placement`` too (base domains, control hosts, names under
@@ -30,6 +32,7 @@ no SQL of its own: the ``RegistryStore`` does, and maps database errors.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -42,8 +45,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from dispatcher.asgi import ASGIApp, Receive, Scope, Send
-from dispatcher.control.operations import ADMIN_OPERATIONS, Operation
-from dispatcher.control.schemas import DomainList, WorkerList
+from dispatcher.control.operations import ADMIN_OPERATIONS, IMPORT_MEDIA_TYPES, Operation
+from dispatcher.control.schemas import DomainList, Imported, WorkerList
 from dispatcher.errors import (
     AdminDisabled,
     DomainNotFound,
@@ -63,6 +66,7 @@ from dispatcher.onboarding import (
     log_operator_status,
 )
 from dispatcher.settings import Settings
+from workers_registry.bulk import ImportFormat, parse_domains, parse_workers
 from workers_registry.models import (
     CheckedDomain,
     CustomDomain,
@@ -73,13 +77,21 @@ from workers_registry.models import (
 )
 from workers_registry.store import RegistryStore
 
-__all__ = ["MAX_ADMIN_BODY_BYTES", "MAX_JSON_DEPTH", "AdminGuard", "admin_routes"]
+__all__ = [
+    "MAX_ADMIN_BODY_BYTES",
+    "MAX_IMPORT_BODY_BYTES",
+    "MAX_JSON_DEPTH",
+    "AdminGuard",
+    "admin_routes",
+]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
 
 #: Admin bodies are a few hundred bytes; anything much larger is a mistake or an attack.
 MAX_ADMIN_BODY_BYTES = 1024 * 1024
+#: An import body (``POST /admin/import/...``): ~600,000 domains or ~200,000 workers.
+MAX_IMPORT_BODY_BYTES = 64 * 1024 * 1024
 
 #: Admin bodies nest two levels (a worker's ``tags``); deeper is refused before parsing.
 MAX_JSON_DEPTH = 32
@@ -230,7 +242,27 @@ def admin_routes(
         await store().remove_domain(_domain_param(request))
         return Response(status_code=204, headers=_JSON_HEADERS)
 
+    # Parsing and validating up to a few hundred thousand records takes seconds: off the
+    # event loop, so the requests being forwarded meanwhile are not held up.
+    async def import_workers(request: Request) -> Response:
+        lines, fmt = await _read_import(request)
+        parsed = await asyncio.to_thread(parse_workers, lines, fmt, context=context)
+        count = await store().import_workers(parsed.records, parsed.labels)
+        return _json(Imported(imported=count), 201)
+
+    async def import_domains(request: Request) -> Response:
+        lines, fmt = await _read_import(request)
+
+        def check(spec: CustomDomainCreate) -> None:
+            check_placement(spec, settings)
+
+        parsed = await asyncio.to_thread(parse_domains, lines, fmt, context=context, check=check)
+        count = await store().import_domains(parsed.records, parsed.labels)
+        return _json(Imported(imported=count), 201)
+
     handlers: dict[str, Handler] = {
+        "importWorkers": import_workers,
+        "importDomains": import_domains,
         "listWorkers": list_workers,
         "createWorker": create_worker,
         "getWorker": show_worker,
@@ -309,6 +341,26 @@ def _domain_param(request: Request) -> str:
         return normalize_domain(value.strip())
     except InvalidHost as exc:
         raise _invalid("domain", f"{value!r} is not a valid domain name: {exc.message}") from None
+
+
+async def _read_import(request: Request) -> tuple[list[str], ImportFormat]:
+    """An import body's lines and format, read up to ``MAX_IMPORT_BODY_BYTES``; 415 unless it
+    is declared ``application/x-ndjson`` or ``text/csv``."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type not in IMPORT_MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            "An import is sent as application/x-ndjson (JSON lines) or text/csv"
+        )
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_IMPORT_BODY_BYTES:
+            raise PayloadTooLarge(f"An import body is limited to {MAX_IMPORT_BODY_BYTES} bytes")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _invalid("body", "The body is not UTF-8") from None
+    return text.splitlines(), "csv" if media_type == "text/csv" else "jsonl"
 
 
 async def _read_json(request: Request) -> Any:

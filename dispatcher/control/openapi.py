@@ -59,7 +59,8 @@ _ERRORS: Final = [
         "415",
         "UnsupportedMediaType",
         "unsupported_media_type",
-        "The body is not declared `application/json`.",
+        "The body is not declared with a media type the operation takes (`application/json`;"
+        " an import: `application/x-ndjson` or `text/csv`).",
     ),
     ("503", "RegistryUnavailable", "registry_unavailable", "The registry cannot be reached."),
 ]
@@ -255,9 +256,16 @@ def _operation(declared: Operation) -> dict[str, Any]:
     errors = list(declared.errors)
     if declared.body is not None:
         operation["requestBody"] = _body(_schema_name(declared.body), declared.body_description)
+    elif declared.text_body:
+        text = {"type": "string", "description": "One record per line"}
+        operation["requestBody"] = {
+            "required": True,
+            "description": declared.body_description,
+            "content": {media_type: {"schema": text} for media_type in declared.text_body},
+        }
     if declared.admin:  # the guard answers these before any handler runs
         errors += ["Unauthorized", "AdminDisabled", "RegistryUnavailable"]
-        if declared.body is not None:
+        if declared.body is not None or declared.text_body:
             errors += ["PayloadTooLarge", "UnsupportedMediaType"]
     operation["responses"] = {
         **{status: _answer(answer) for status, answer in declared.answers.items()},

@@ -20,6 +20,7 @@ from dispatcher.control.schemas import (
     DomainList,
     Health,
     HealthDetailed,
+    Imported,
     ServiceInfo,
     TlsPermission,
     WorkerList,
@@ -33,7 +34,18 @@ from workers_registry.models import (
     WorkerCreate,
 )
 
-__all__ = ["ADMIN_OPERATIONS", "CONTROL_OPERATIONS", "Answer", "Operation", "Parameter"]
+__all__ = [
+    "ADMIN_OPERATIONS",
+    "CONTROL_OPERATIONS",
+    "IMPORT_MEDIA_TYPES",
+    "Answer",
+    "Operation",
+    "Parameter",
+]
+
+#: The media types of an import file: JSON lines, or CSV (neither can be sent cross-site
+#: by a browser without a preflight).
+IMPORT_MEDIA_TYPES: Final = ("application/x-ndjson", "text/csv")
 
 #: A JSON body: a model, or the name of a schema the document derives from one.
 Body = type[BaseModel] | str
@@ -76,6 +88,8 @@ class Operation:
     errors: tuple[str, ...] = ()
     body: Body | None = None
     body_description: str = ""
+    #: A body that is text, not JSON: the media types it may be sent as (an import file).
+    text_body: tuple[str, ...] = ()
     parameters: tuple[Parameter, ...] = ()
     aliases: tuple[str, ...] = field(default=())
     #: Behind the admin guard: bearer auth, and its 401/403 (and 413 with a body).
@@ -318,5 +332,23 @@ ADMIN_OPERATIONS: Final = (
         errors=("InvalidRequest", "DomainNotFound"),
         parameters=(_DOMAIN,),
         admin=True,
+    ),
+    *(
+        Operation(
+            "POST",
+            f"/admin/import/{what}",
+            f"import{what.capitalize()}",
+            f"Add many {what} in one transaction",
+            {"201": Answer("How many were added", Imported)},
+            tag=what,
+            description="The body is a file: JSON lines (the body of one create per line) or "
+            "CSV with a header line. Validated whole first: a bad line rejects it with its "
+            'number and nothing is written (README, "Bulk import").',
+            errors=("InvalidRequest", "Conflict"),
+            body_description="JSON lines, or CSV with a header line",
+            text_body=IMPORT_MEDIA_TYPES,
+            admin=True,
+        )
+        for what in ("workers", "domains")
     ),
 )

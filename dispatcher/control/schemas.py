@@ -23,6 +23,7 @@ __all__ = [
     "ErrorInfo",
     "Health",
     "HealthDetailed",
+    "Imported",
     "ServiceInfo",
     "TlsPermission",
     "WorkerList",
@@ -109,6 +110,12 @@ class ErrorBody(BaseModel):
     """Every error the dispatcher itself answers has this body."""
 
     error: ErrorInfo
+
+
+class Imported(BaseModel):
+    """The body of ``POST /admin/import/workers`` and ``POST /admin/import/domains``."""
+
+    imported: int = Field(ge=1, description="Records added, in one transaction")
 
 
 class WorkerList(BaseModel):

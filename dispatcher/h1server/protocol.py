@@ -32,6 +32,10 @@ _log = logging.getLogger("uvicorn.error")
 
 _CRLF: Final = b"\r\n"
 _SEP: Final = b": "
+# Requests parsed ahead of the one being answered, at most. The parser reads a whole read at a
+# time: without a bound, one 256 KiB read of tiny pipelined requests became thousands of
+# queued requests (about 1 KiB each) held while the client reads no answer.
+MAX_PIPELINED: Final = 32
 
 
 class _HeadTooLarge(Exception):
@@ -40,6 +44,10 @@ class _HeadTooLarge(Exception):
 
 class _InvalidTarget(Exception):
     """Raised from a parser callback: the request target cannot be forwarded."""
+
+
+class _PipelineFull(Exception):
+    """Raised from a parser callback: ``MAX_PIPELINED`` requests already wait their turn."""
 
 
 class H1Protocol(asyncio.Protocol):
@@ -105,6 +113,7 @@ class H1Protocol(asyncio.Protocol):
         self._head_received = 0  # bytes received while a head was unfinished
         self._ended = False  # a request ended in the read being parsed
         self._expect_100 = False
+        self._reads_stopped = False  # see _stop_reading_requests
 
     @property
     def default_headers(self) -> list[tuple[bytes, bytes]]:
@@ -144,16 +153,21 @@ class H1Protocol(asyncio.Protocol):
                 self._upgrade_to_websocket()
                 return
             _log.warning("Unsupported upgrade request.")
+            if self._unsupported_upgrade():
+                return
         except httptools.HttpParserError as exc:
-            # Nothing parsed in this read has started: a request the parser refused after
-            # its head (a bad Transfer-Encoding, a bad chunk) never reaches the application.
-            self._start_next = None
-            if isinstance(exc.__context__, _HeadTooLarge):
-                self._reject(HeadersTooLarge("The request head is too large"))
+            if isinstance(exc.__context__, _PipelineFull):
+                self._stop_reading_requests()  # what was parsed is answered, and started
             else:
-                _log.warning("Invalid HTTP request received.")
-                self._reject(InvalidRequest("Invalid HTTP request received"))
-            return
+                # Nothing parsed in this read has started: a request the parser refused after
+                # its head (a bad Transfer-Encoding, a bad chunk) never reaches the application.
+                self._start_next = None
+                if isinstance(exc.__context__, _HeadTooLarge):
+                    self._reject(HeadersTooLarge("The request head is too large"))
+                else:
+                    _log.warning("Invalid HTTP request received.")
+                    self._reject(InvalidRequest("Invalid HTTP request received"))
+                return
         cycle = self._start_next
         if cycle is not None:
             self._start_next = None
@@ -228,6 +242,9 @@ class H1Protocol(asyncio.Protocol):
         parser = self.parser
         if parser.should_upgrade() and self._websocket_requested():
             return  # data_received hands the connection over when the parser stops
+        current = self.cycle
+        if current is not None and not current.complete and len(self.pipeline) >= MAX_PIPELINED:
+            raise _PipelineFull
         self._in_body = True  # until on_message_complete, in this read for most requests
         headers = self._headers
         # Header lines parsed from here on are trailers of a chunked body: they go to a list
@@ -248,6 +265,8 @@ class H1Protocol(asyncio.Protocol):
                 if b"@" in url.partition(b"//")[2].partition(b"/")[0]:
                     raise _InvalidTarget  # userinfo in a request target: never legitimate
                 authority = parsed.host
+                if b":" in authority:  # an IPv6 literal: bracketed, as in a Host header
+                    authority = b"[" + authority + b"]"
                 if parsed.port is not None:
                     authority += b":%d" % parsed.port
                 headers = [(n, v) for n, v in headers if n != b"host"]
@@ -278,7 +297,6 @@ class H1Protocol(asyncio.Protocol):
             expect_100=self._expect_100,
         )
         self._parsing = cycle
-        current = self.cycle
         if current is None or current.complete:
             self.cycle = cycle
             self._start_next = cycle  # started when the parser is done with this read
@@ -426,7 +444,7 @@ class H1Protocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.read_paused:
+        if self.read_paused and not self._reads_stopped:
             self.read_paused = False
             self._read_at = self.loop.time()  # the body deadline counts from here again
             self.transport.resume_reading()
@@ -478,6 +496,38 @@ class H1Protocol(asyncio.Protocol):
             elif name == b"upgrade":
                 upgrade = value.lower()
         return upgrade == b"websocket" and b"upgrade" in connection
+
+    def _stop_reading_requests(self) -> None:
+        """``MAX_PIPELINED`` requests wait behind the one being answered: those are answered,
+        nothing more is read, and the connection closes after the last answer (RFC 9112
+        section 9.3.2: a client retries the requests a closed connection left unanswered).
+        """
+        self._reads_stopped = True
+        self.pause_reading()
+        last = self.pipeline[-1] if self.pipeline else self.cycle
+        if last is not None:
+            last.keep_alive = False
+
+    def _unsupported_upgrade(self) -> bool:
+        """An upgrade other than a WebSocket (``h2c``...): answered as a plain request, if it
+        can be. Returns whether the request was refused instead.
+
+        The parser ends such a request with its head and hands every byte after it to the new
+        protocol: a body the request declared is never read (it would reach the upstream empty,
+        or as a head promising bytes that never come), so that request is refused before any
+        upstream sees it; and nothing after the head can be read as a next request, so the
+        answer is the connection's last.
+        """
+        cycle = self._parsing
+        if cycle is None or cycle.complete:
+            return False
+        for name, value in cycle.scope["headers"]:
+            if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" \t0")):
+                self._start_next = None
+                self._reject(InvalidRequest("An upgrade request cannot carry a body"))
+                return True
+        cycle.keep_alive = False
+        return False
 
     def _upgrade_to_websocket(self) -> None:
         """Replay the request head into uvicorn's WebSocket protocol and hand it the socket."""

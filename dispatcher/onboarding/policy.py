@@ -69,12 +69,9 @@ def shadowed_worker(
     domain: str, base_domains: Iterable[str], worker_names: Iterable[str] | set[str]
 ) -> str | None:
     """The worker whose ``<name>.<base>`` is exactly ``domain`` (an exact entry wins)."""
+    label, _, rest = domain.partition(".")
     names = worker_names if isinstance(worker_names, set) else set(worker_names)
-    for base in base_domains:
-        label, dot, rest = domain.partition(".")
-        if dot and rest == base and label in names:
-            return label
-    return None
+    return label if rest in tuple(base_domains) and label in names else None
 
 
 def txt_name(domain: str, settings: Settings) -> str:

@@ -292,9 +292,9 @@ def scope_cookie(value: bytes, path_prefix: bytes, base_domains: tuple[bytes, ..
     """A ``Set-Cookie`` value kept to the tenant that set it (like nginx's
     ``proxy_cookie_domain`` and ``proxy_cookie_path``).
 
-    - A ``Domain`` attribute naming a base domain or a parent of one (``example.com``, ``com``)
-      would hand the cookie to every tenant's subdomain: it is dropped, which leaves a
-      host-only cookie.
+    - A ``Domain`` attribute naming a base domain or a parent of one (``example.com``, ``com``,
+      quoted or with a trailing dot too), or one that is not ASCII, would hand the cookie to
+      every tenant's subdomain: it is dropped, which leaves a host-only cookie.
     - On path and query routes (``path_prefix`` given) every tenant shares one origin: the
       cookie's ``Path`` is put under the route's prefix (``Path=/`` becomes
       ``Path=/dispatch/<worker>``, ``Path=/x`` becomes ``Path=/dispatch/<worker>/x``; no
@@ -308,9 +308,14 @@ def scope_cookie(value: bytes, path_prefix: bytes, base_domains: tuple[bytes, ..
         key, _, argument = attribute.partition(b"=")
         key = key.strip().lower()
         if key == b"domain":
-            domain = argument.strip().lstrip(b".").lower()
-            if not domain or any(
-                base == domain or base.endswith(b"." + domain) for base in base_domains
+            # Read the way the most lenient browser does: quotes and dots at either end off
+            # (``example.com.`` covers every tenant's ``x.example.com.``), and a name that is
+            # not ASCII could be IDNA-mapped onto a base domain (fullwidth letters, ``。``).
+            domain = argument.strip(b' \t"').strip(b".").lower()
+            if (
+                not domain
+                or not domain.isascii()
+                or any(base == domain or base.endswith(b"." + domain) for base in base_domains)
             ):
                 continue
         elif key == b"path" and path_prefix:

@@ -86,6 +86,17 @@ class UpstreamSelector:
             ordered = healthy or ordered
         return [self._targets[url] for url in ordered]
 
+    def forget(self, old: Worker, new: Worker | None) -> None:
+        """Worker ``old`` changed to ``new`` (``None``: removed): drop its turn and the
+        ejections of the upstreams it no longer has. Nothing of any other worker moves."""
+        if new is not None and new.upstreams == old.upstreams:
+            return
+        self._next.pop(old.name, None)
+        kept = set(new.upstreams) if new is not None else set()
+        for url in old.upstreams:
+            if url not in kept:
+                self._ejected.pop(url, None)
+
     async def first_accepting(
         self,
         targets: list[Target],

@@ -113,9 +113,13 @@ class RateLimiter(Collector):
             },
         )
 
-    def forget(self) -> None:
-        """Drop the remembered limits (a new registry snapshot replaced the workers)."""
-        self._limits.clear()
+    def forget(self, worker: str | None = None) -> None:
+        """Drop the remembered limits of ``worker`` (it changed), or of every worker (a full
+        load replaced them all)."""
+        if worker is None:
+            self._limits.clear()
+        else:
+            self._limits.pop(worker, None)
 
     async def probe(self) -> None:
         """Let an unavailable Redis be tried again now, within the backoff (health checks)."""

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from dispatcher.metrics import Metrics, StateReading
+from dispatcher.metrics import LoopLagProbe, Metrics, StateReading
 
 
 def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -81,3 +86,30 @@ def test_in_flight_upstream_errors_and_state_are_exposed() -> None:
     assert samples[("dispatcher_upstream_errors_total", (("kind", "connect"),))] == 1
     assert samples[("dispatcher_domain_cache_hits_total", ())] == 7
     assert samples[("dispatcher_workers", ())] == 4
+
+
+@pytest.mark.anyio
+async def test_the_loop_lag_probe_sees_a_stall_in_its_bucket() -> None:
+    probe = LoopLagProbe()
+    registry = CollectorRegistry()
+    registry.register(probe)
+    probe.start()
+    try:
+        await asyncio.sleep(0.02)  # the probe has asked for its first wake-ups
+        # The stall being measured: code holds the loop for 120 ms of its own CPU time (a
+        # sleeping thread, or one the machine preempts, is time given away, not a stall).
+        held_until = time.thread_time() + 0.12
+        while time.thread_time() < held_until:
+            pass
+        deadline = time.monotonic() + 5
+        while registry.get_sample_value(
+            "dispatcher_event_loop_lag_seconds_bucket", {"le": "0.05"}
+        ) == registry.get_sample_value("dispatcher_event_loop_lag_seconds_count"):
+            assert time.monotonic() < deadline, "the stall was never recorded"
+            await asyncio.sleep(0.01)
+    finally:
+        await probe.aclose()
+
+    over = registry.get_sample_value("dispatcher_event_loop_lag_seconds_bucket", {"le": "+Inf"})
+    under = registry.get_sample_value("dispatcher_event_loop_lag_seconds_bucket", {"le": "0.05"})
+    assert over is not None and under is not None and over - under >= 1

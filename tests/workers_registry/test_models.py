@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -23,6 +23,7 @@ from workers_registry.models import (
     Worker,
     WorkerCreate,
     WorkerSpec,
+    _parse_upstream_url,
     check_upstream_url,
 )
 
@@ -389,3 +390,35 @@ def test_custom_domain_patch_changes_status_and_or_worker(
 def test_custom_domain_patch_rejects_bad_fields(body: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         CustomDomainPatch.model_validate(body)
+
+
+@settings(max_examples=300)
+@given(
+    url=st.one_of(
+        st.from_regex(  # mostly canonical already
+            r"\Ahttps?://[a-z0-9_](?:[a-z0-9_.-]{0,20}[a-z0-9_])?"
+            r"(?::[0-9]{1,6})?(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]{0,8}){0,3}/?\Z"
+        ),
+        st.from_regex(
+            r"\A[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,20}[A-Za-z0-9_])?"
+            r"(?::[0-9]{1,6})?(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]{0,8}){0,3}/?\Z"
+        ),
+    )
+)
+@example(url="http://a:65536")
+@example(url="http://a:65535/")
+@example(url="http://a:0")
+@example(url="http://a:080")
+def test_the_canonical_url_shortcut_agrees_with_the_parse(url: str) -> None:
+    # Stored URLs take a one-regex shortcut; it must give what the full parse gives, and
+    # refuse nothing the parse accepts.
+    try:
+        expected: str | None = _parse_upstream_url(url)
+    except ValueError:
+        expected = None
+    if expected is None:
+        with pytest.raises(ValueError):
+            check_upstream_url(url)
+    else:
+        assert check_upstream_url(url) == expected
+        assert check_upstream_url(expected) == expected

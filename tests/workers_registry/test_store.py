@@ -437,12 +437,8 @@ async def test_changes_are_notified_to_listeners(
 
     received = [await asyncio.wait_for(notifications.get(), 5) for _ in range(4)]
 
-    assert received == [
-        {"table": "workers", "op": "insert", "key": "shop", "version": 1},
-        {"table": "custom_domains", "op": "insert", "key": "shop.example.org", "version": 2},
-        {"table": "custom_domains", "op": "update", "key": "shop.example.org", "version": 3},
-        {"table": "custom_domains", "op": "delete", "key": "shop.example.org", "version": 4},
-    ]
+    # One notification per transaction, carrying the sequence number it reached.
+    assert received == [{"seq": 1}, {"seq": 2}, {"seq": 3}, {"seq": 4}]
 
 
 @pytest.mark.postgres
@@ -460,7 +456,7 @@ async def test_a_failed_write_notifies_nothing(
     received = [await asyncio.wait_for(notifications.get(), 5) for _ in range(2)]
 
     # Notifications arrive in commit order: nothing came between the two successful writes.
-    assert [(item["key"], item["version"]) for item in received] == [("shop", 1), ("blog", 2)]
+    assert received == [{"seq": 1}, {"seq": 2}]
 
 
 # -- failures ------------------------------------------------------------------------------

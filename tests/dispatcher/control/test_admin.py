@@ -40,6 +40,8 @@ OPERATIONS: list[tuple[str, str, Any]] = [
     ("GET", "/admin/domains/shop.example.org", None),
     ("PATCH", "/admin/domains/shop.example.org", {"status": "active"}),
     ("DELETE", "/admin/domains/shop.example.org", None),
+    ("POST", "/admin/import/workers", None),
+    ("POST", "/admin/import/domains", None),
     ("GET", "/admin/nowhere", None),
     ("GET", "/admin/workers/admin", None),
 ]
@@ -710,3 +712,87 @@ def test_loopback_private_and_names_are_allowed_by_default(api: httpx.Client, ur
     response = api.post("/admin/workers", json={"name": "fine", "upstreams": [url]})
     assert response.status_code == 201, response.text
     api.delete("/admin/workers/fine")
+
+
+# -- bulk import -----------------------------------------------------------------------------
+
+NDJSON = {"content-type": "application/x-ndjson"}
+CSV = {"content-type": "text/csv"}
+
+
+def test_import_adds_every_record_in_one_go(api: httpx.Client) -> None:
+    workers = (
+        '{"name": "shop", "upstreams": ["http://10.0.0.1"]}\n'
+        '{"name": "blog", "upstreams": ["http://10.0.0.2"]}\n'
+    )
+    domains = "domain,worker,status\nshop.example.org,shop,active\nblog.example.org,blog,\n"
+
+    added = api.post("/admin/import/workers", content=workers, headers=NDJSON)
+    assert (added.status_code, added.json()) == (201, {"imported": 2})
+    added = api.post("/admin/import/domains", content=domains, headers=CSV)
+    assert (added.status_code, added.json()) == (201, {"imported": 2})
+
+    listed = api.get("/admin/domains").json()["domains"]
+    assert [(d["domain"], d["worker"], d["status"]) for d in listed] == [
+        ("blog.example.org", "blog", "pending"),
+        ("shop.example.org", "shop", "active"),
+    ]
+    # A pending domain imported gets its verification record, as one added alone does.
+    assert listed[0]["verification"]["txt_value"]
+
+
+def test_an_import_with_a_bad_line_writes_nothing_and_names_the_line(api: httpx.Client) -> None:
+    add_worker(api)
+    body = "\n".join(
+        [
+            '{"domain": "a.example.org", "worker": "shop"}',
+            "",
+            '{"domain": "b.example.org", "worker": "shop", "status": "live"}',
+            '{"domain": "c.example.org", "worker": "ghost"}',
+        ]
+    )
+
+    post = api.post("/admin/import/domains", content=body, headers=NDJSON)
+    error = error_of(post, 400, "invalid_request")
+    assert [detail["field"] for detail in error["details"]] == ["line 3"]
+    assert api.get("/admin/domains").json()["domains"] == []
+
+    # Valid lines, but one names a worker that does not exist: refused in the transaction.
+    body = body.replace(', "status": "live"', "")
+    post = api.post("/admin/import/domains", content=body, headers=NDJSON)
+    error = error_of(post, 400, "invalid_request")
+    assert error["details"] == [{"field": "line 4", "message": "worker 'ghost' does not exist"}]
+    assert api.get("/admin/domains").json()["domains"] == []
+
+
+def test_an_import_refuses_a_domain_that_could_never_route(api: httpx.Client) -> None:
+    add_worker(api)
+    body = (
+        '{"domain": "a.example.org", "worker": "shop"}\n{"domain": "localhost", "worker": "shop"}'
+    )
+
+    post = api.post("/admin/import/domains", content=body, headers=NDJSON)
+
+    assert [d["field"] for d in error_of(post, 400, "invalid_request")["details"]] == ["line 2"]
+    assert api.get("/admin/domains").json()["domains"] == []
+
+
+def test_an_import_of_an_existing_key_is_a_conflict_naming_the_line(api: httpx.Client) -> None:
+    add_worker(api, "blog")
+    body = (
+        '{"name": "shop", "upstreams": ["http://a"]}\n{"name": "blog", "upstreams": ["http://a"]}'
+    )
+
+    error = error_of(
+        api.post("/admin/import/workers", content=body, headers=NDJSON), 409, "conflict"
+    )
+
+    assert error["details"] == [{"field": "line 2", "message": "worker 'blog' already exists"}]
+    assert [w["name"] for w in api.get("/admin/workers").json()["workers"]] == ["blog"]
+
+
+def test_an_import_must_say_what_it_is(api: httpx.Client) -> None:
+    body = '{"name": "shop", "upstreams": ["http://a"]}'
+    for headers in ({}, {"content-type": "text/plain"}, {"content-type": "application/json"}):
+        post = api.post("/admin/import/workers", content=body, headers=headers)
+        error_of(post, 415, "unsupported_media_type")

@@ -60,6 +60,8 @@ ADMIN_OPERATIONS = [
     ("get", "/admin/domains/{domain}", None, "200", {"400", "404"}),
     ("patch", "/admin/domains/{domain}", "CustomDomainPatch", "200", {"400", "404"}),
     ("delete", "/admin/domains/{domain}", None, "204", {"400", "404"}),
+    ("post", "/admin/import/workers", "lines", "201", {"400", "409"}),
+    ("post", "/admin/import/domains", "lines", "201", {"400", "409"}),
 ]
 
 #: Served by the control plane but not API operations: the docs page's own files.
@@ -123,6 +125,9 @@ def test_every_admin_operation_is_described(
     }
     if body is None:
         assert "requestBody" not in operation
+    elif body == "lines":  # an import file
+        content = operation["requestBody"]["content"]
+        assert set(content) == {"application/x-ndjson", "text/csv"}
     else:
         content = operation["requestBody"]["content"]["application/json"]
         assert content["schema"] == {"$ref": f"#/components/schemas/{body}"}
@@ -412,8 +417,15 @@ _CHECKS = [
     negative_data_rejection,
 ]
 
+
 #: Built from the same function that serves /openapi.json (test_the_served_document_is_the_
 #: built_one pins that); schemathesis needs it at collection time, before any server runs.
+@schemathesis.serializer("application/x-ndjson")
+def _ndjson(_context: Any, value: Any) -> bytes:
+    """An import body (JSON lines) is text: sent as the string generated."""
+    return value.encode("utf-8", "surrogatepass") if isinstance(value, str) else str(value).encode()
+
+
 admin_schema = schemathesis.openapi.from_dict(openapi_document()).include(path_regex="^/admin/")
 
 

@@ -1,7 +1,7 @@
 """Custom-domain onboarding: verification token, check schedule, the ``moved`` status.
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-12-06
 
 Adds to ``custom_domains``: ``verification_token`` (the TXT value; existing rows get a random
@@ -26,7 +26,7 @@ from alembic import op
 __all__ = ["downgrade", "upgrade"]
 
 revision: str = "0003"
-down_revision: str | Sequence[str] | None = "0001"
+down_revision: str | Sequence[str] | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
