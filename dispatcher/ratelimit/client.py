@@ -32,13 +32,25 @@ def client_key(headers: Iterable[tuple[bytes, bytes]], peer: str | None, trust: 
             chain.extend(value.decode("latin-1").split(","))
     client = peer or ""
     for entry in reversed(chain):
-        entry = entry.strip()
+        entry = _without_port(entry.strip())
         if not entry:
             continue
         client = entry
         if not trust.trusts(entry):
             break
     return _bucket(client)
+
+
+def _without_port(entry: str) -> str:
+    """The address of a chain entry that names a port too (``203.0.113.9:4711``,
+    ``[2001:db8::1]:4711``: some load balancers append the client's): else a client got a new
+    bucket with every connection's source port."""
+    if entry.startswith("["):
+        end = entry.find("]")
+        return entry[1:end] if end > 0 else entry
+    if entry.count(":") == 1:
+        return entry.partition(":")[0]
+    return entry
 
 
 def _bucket(address: str) -> str:

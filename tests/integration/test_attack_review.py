@@ -16,7 +16,9 @@ holds what a review with raw sockets found past it, each as a class of inputs).
 5. the unspecified address (``0.0.0.0``, ``0``, ``::``) is never an upstream: a connect to it
    reaches the local host, past a deny list that names loopback;
 6. at most ``MAX_PIPELINED`` requests are parsed ahead of the one being answered; the rest of
-   the connection is not read, and it closes after the last answer.
+   the connection is not read, and it closes after the last answer;
+7. a per-client rate limit reads ``address:port`` entries of the trusted ``X-Forwarded-For``
+   chain as the address (a new source port was a new budget).
 
 It also pins what the review tried that held (framing variants the first module does not name).
 """
@@ -27,6 +29,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 
+import httptools
 import pytest
 
 from dispatcher.app import create_app
@@ -253,27 +256,95 @@ def test_the_unspecified_address_is_refused_at_registration(fenced: Rig, host: s
 # -- 6. pipelining is bounded ---------------------------------------------------------------------
 
 
+class _Answers:
+    """Every response on a connection, however they share reads (one parser for all)."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[int, dict[bytes, bytes]]] = []
+        self.headers: dict[bytes, bytes] = {}
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.lower()] = value
+
+    def on_message_complete(self) -> None:
+        self.done.append((self.parser.get_status_code(), self.headers))
+        self.headers = {}
+
+    def read(self, client: Client, count: int) -> None:
+        while len(self.done) < count:
+            try:
+                data = client.sock.recv(65536)
+            except ConnectionResetError:  # closed with bytes of ours unread: ended as well
+                return
+            if not data:
+                return
+            self.parser.feed_data(data)
+
+
 def test_pipelined_requests_beyond_the_bound_are_not_read(target: Rig) -> None:
     # One read of tiny pipelined requests was parsed whole: thousands of queued requests
     # (about 1 KiB of memory each) held for a client that reads no answer.
-    sent = MAX_PIPELINED + 40
     before = len(target.upstream.requests)
+    answers = _Answers()
     with Client(target.port) as client:
-        client.send(get(b"alpha.localhost") * sent)  # one write: one read on loopback
-        answers = [client.answer() for _ in range(MAX_PIPELINED + 1)]
-        assert client.closed()
-    assert [answer.status for answer in answers] == [200] * (MAX_PIPELINED + 1)
-    assert answers[-1].headers[b"connection"] == b"close"
+        client.send(get(b"alpha.localhost") * (MAX_PIPELINED + 40))  # one write: one read
+        answers.read(client, MAX_PIPELINED + 40)  # until the dispatcher closes
+    assert [status for status, _ in answers.done] == [200] * (MAX_PIPELINED + 1)
+    assert answers.done[-1][1][b"connection"] == b"close"
     assert len(target.upstream.requests) - before == MAX_PIPELINED + 1
 
 
 def test_pipelined_requests_within_the_bound_are_all_answered(target: Rig) -> None:
+    answers = _Answers()
     with Client(target.port) as client:
         client.send(get(b"alpha.localhost") * (MAX_PIPELINED + 1))
-        answers = [client.answer() for _ in range(MAX_PIPELINED + 1)]
+        answers.read(client, MAX_PIPELINED + 1)
         client.send(get(b"alpha.localhost"))  # the connection stays open
-        assert client.answer().status == 200
-    assert all(b"connection" not in answer.headers for answer in answers)
+        answers.read(client, MAX_PIPELINED + 2)
+    assert [status for status, _ in answers.done] == [200] * (MAX_PIPELINED + 2)
+    assert all(b"connection" not in headers for _, headers in answers.done)
+
+
+# -- 7. a client's port in the trusted chain ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def behind_a_balancer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    """The test client is a trusted proxy here: its X-Forwarded-For names the client."""
+    database = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('chain') / 'c.db'}"
+    with RecordingUpstream() as upstream:
+
+        async def seed() -> None:
+            await upgrade(database)
+            async with RegistryStore.from_url(database) as store:
+                for name in ("perip4", "perip6"):
+                    await store.add_worker(
+                        WorkerCreate(name=name, upstreams=[upstream.url], client_rate_limit=0.01)
+                    )
+
+        asyncio.run(seed())
+        settings = Settings(database_url=database, trusted_proxies=("127.0.0.1",))
+        with serve_gateway(create_app(settings)) as server:
+            yield Rig(server.port, upstream)
+
+
+@pytest.mark.parametrize(
+    "worker, first, second",
+    [
+        (b"perip4", b"198.51.100.7:40001", b"198.51.100.7:40002"),
+        (b"perip6", b"[2001:db8::7]:40001", b"[2001:db8::7]:40002, 127.0.0.1:8080"),
+    ],
+    ids=["ipv4", "ipv6"],
+)
+def test_a_port_in_the_chain_does_not_buy_a_new_client_budget(
+    behind_a_balancer: Rig, worker: bytes, first: bytes, second: bytes
+) -> None:
+    # Some load balancers append "address:port": every new source port was a new client.
+    host = worker + b".localhost"
+    assert ask(behind_a_balancer, get(host, b"X-Forwarded-For: " + first)).status == 200
+    answer = ask(behind_a_balancer, get(host, b"X-Forwarded-For: " + second))
+    assert answer.status == 429 and answer.code == "rate_limited"
 
 
 # -- what held up ------------------------------------------------------------------------------
@@ -344,3 +415,29 @@ def test_connection_cannot_name_framing_or_our_headers(target: Rig) -> None:
     assert received.body == b"abc" and received.value(b"content-length") == b"3"
     assert received.value(b"x-forwarded-for") == b"127.0.0.1"
     assert received.value(b"x-dispatch-worker") == b"alpha"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "HTTP://169.254.169.254",
+        " http://169.254.169.254",
+        "http://169.254.169.254.",
+        "http://[::ffff:a9fe:a9fe]",
+        "http://[0:0:0:0:0:ffff:a9fe:a9fe]",
+        "http://[::a9fe:a9fe]",
+        "http://[64:ff9b::a9fe:a9fe]",
+        "http://[2002:a9fe:a9fe::]",
+        "http://0251.0376.0251.0376",
+        "http://169.254.43518",
+        "http://0xa9fea9fe",
+        "http://x@169.254.169.254",
+        "http://169.254.169.254:80@x",
+        "http://[::ffff:169.254.169.254%25eth0]",
+    ],
+)
+def test_metadata_upstream_spellings_are_refused_at_registration(url: str) -> None:
+    with pytest.raises(ValueError):
+        WorkerCreate.model_validate(
+            {"name": "x", "upstreams": [url]}, context=Settings().registration_context
+        )
