@@ -12,7 +12,7 @@ import re
 import idna
 
 from dispatcher.errors import InvalidHost, InvalidWorkerName, ReservedWorkerName
-from dispatcher.memo import memo
+from dispatcher.memo import Memo, memo
 
 __all__ = [
     "DEFAULT_RESERVED_NAMES",
@@ -53,7 +53,6 @@ def is_valid_worker_name(name: str) -> bool:
     return _WORKER_NAME.fullmatch(name) is not None
 
 
-@memo(4096)
 def validate_worker_name(name: str, reserved: frozenset[str] | tuple[str, ...]) -> str:
     """Return the canonical (lowercased) worker name or raise a routing error.
 
@@ -61,6 +60,11 @@ def validate_worker_name(name: str, reserved: frozenset[str] | tuple[str, ...]) 
     ``[a-z0-9-]``, no leading or trailing hyphen) and ``ReservedWorkerName`` for reserved names.
     Valid names are remembered (path and query routes name their worker on every request).
     """
+    return _CANONICAL_NAMES[name, reserved]
+
+
+def _canonical_name(key: tuple[str, frozenset[str] | tuple[str, ...]]) -> str:
+    name, reserved = key
     # ASCII first: str.lower() maps some non-ASCII letters onto ASCII (U+212A KELVIN SIGN -> "k").
     canonical = name.lower() if name.isascii() else ""
     if _WORKER_NAME.fullmatch(canonical) is None:
@@ -112,7 +116,7 @@ def normalize_host(raw: str) -> str:
 
     Lowercases, strips the port and one trailing dot, and converts internationalised names to
     their IDNA ASCII form. IPv6 literals keep their brackets. Raises ``InvalidHost`` when the
-    value cannot be a host name. The result is cached: hosts repeat on the hot path.
+    value cannot be a host name. The result is remembered: hosts repeat on the hot path.
     """
     value = raw.strip()
     if not value:
@@ -169,6 +173,13 @@ def _is_underscore_label(label: str) -> bool:
     return (
         0 < len(label) <= 63 and label.startswith("_") and _LABEL.fullmatch(label[1:]) is not None
     )
+
+
+# Remembered: path and query routes name their worker on every request (keyed by the name and
+# the reserved names, the memo's one key).
+_CANONICAL_NAMES: Memo[tuple[str, frozenset[str] | tuple[str, ...]], str] = Memo(
+    _canonical_name, 4096
+)
 
 
 def _quote(value: str) -> str:

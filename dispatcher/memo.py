@@ -1,40 +1,52 @@
-"""``memo(size)``: the dispatcher's one bounded memo, for pure functions on the hot path.
+"""``Memo``: the dispatcher's one bounded memo, for pure functions of one key on the hot path.
 
-Used where an answer is a function of its arguments alone and the same arguments repeat
-(hosts, worker names, upstream URLs, peers, a routing table's subdomains). Not for caches of
-outside facts that expire (the custom-domain cache in ``dispatcher.domains`` has TTLs).
+Used where an answer is a function of its key alone and keys repeat (hosts, worker names, IP
+literals, upstream URLs, peers, a routing table's subdomains and control hosts). Not for caches
+of outside facts that expire (the custom-domain cache in ``dispatcher.domains`` has TTLs).
 
-The eviction rule, the same for every memo: at most ``size`` answers are kept; remembering one
-more forgets the least recently used one. So a flood of distinct hostile arguments costs a
-bounded amount of memory and only ever evicts, never grows. A call that raises is not
-remembered; a function whose refusals should be remembered returns them instead.
+The eviction rule, the same for every memo: at most ``size`` answers are kept; when the memo is
+full, it is emptied before the next answer is remembered. A flood of distinct hostile keys
+therefore costs bounded memory, and at worst one recomputation per key after each emptying; no
+bookkeeping is paid on a hit. A computation that raises is not remembered (a function whose
+refusals should be remembered returns them instead).
 
-It is ``functools.lru_cache``: its hit path runs in C, no Python frame per call.
+``memo[key]`` is a plain dict lookup when the answer is known (no Python frame, no allocation);
+``@memo(size)`` makes a function of one key that lookup (the memo's bound ``__getitem__``).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import ParamSpec, Protocol, TypeVar, cast
+from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 __all__ = ["Memo", "memo"]
 
-P = ParamSpec("P")
-R = TypeVar("R")
-R_co = TypeVar("R_co", covariant=True)
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
-class Memo(Protocol[P, R_co]):
-    """A remembering function: called like the function it wraps."""
+class Memo(dict[K, V]):
+    """``memo[key]`` is ``function(key)``, computed on first use and remembered (see above)."""
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+    __slots__ = ("_function", "_size")
 
-    def cache_info(self) -> functools._CacheInfo: ...
+    def __init__(self, function: Callable[[K], V], size: int) -> None:
+        super().__init__()
+        self._function = function
+        self._size = size
 
-    def cache_clear(self) -> None: ...
+    def __missing__(self, key: K) -> V:
+        value = self._function(key)
+        if len(self) >= self._size:
+            self.clear()
+        self[key] = value
+        return value
 
 
-def memo(size: int) -> Callable[[Callable[P, R]], Memo[P, R]]:
-    """Decorate (or wrap) a pure function so that it remembers up to ``size`` answers."""
-    return cast(Callable[[Callable[P, R]], Memo[P, R]], functools.lru_cache(maxsize=size))
+def memo(size: int) -> Callable[[Callable[[K], V]], Callable[[K], V]]:
+    """Decorate a pure function of one key: calling it looks the key up in a ``Memo``."""
+
+    def remember(function: Callable[[K], V]) -> Callable[[K], V]:
+        return Memo(function, size).__getitem__
+
+    return remember

@@ -33,7 +33,7 @@ from dispatcher.errors import (
     WorkerNotFound,
 )
 from dispatcher.hosts import is_ip_literal, validate_worker_name
-from dispatcher.memo import Memo, memo
+from dispatcher.memo import Memo
 from workers_registry.models import CustomDomain, Worker
 
 __all__ = [
@@ -116,12 +116,14 @@ class RoutingTable:
     reserved: frozenset[str]
     workers: dict[str, Worker]
     # What a host's label names: a valid worker name, None (no subdomain), or the error.
-    _subdomains: Memo[[str], str | RoutingError | None] = field(
-        init=False, compare=False, repr=False
-    )
+    _subdomains: Memo[str, str | RoutingError | None] = field(init=False, compare=False, repr=False)
+    # What ``is_control_host`` answered per host (asked twice per request: once to know
+    # whether the custom-domain registry must be asked, once by ``resolve``).
+    _control: Memo[str, bool] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_subdomains", memo(_MEMO_SIZE)(self._subdomain_name))
+        object.__setattr__(self, "_subdomains", Memo(self._subdomain_name, _MEMO_SIZE))
+        object.__setattr__(self, "_control", Memo(self._is_control_host, _MEMO_SIZE))
 
     @classmethod
     def build(
@@ -144,6 +146,9 @@ class RoutingTable:
 
     def is_control_host(self, host: str) -> bool:
         """True for hosts that serve the control plane (never a tenant)."""
+        return self._control[host]
+
+    def _is_control_host(self, host: str) -> bool:
         return host in self.control_hosts or is_ip_literal(host)
 
     def subdomain_label(self, host: str) -> str | None:
@@ -162,7 +167,7 @@ class RoutingTable:
         the label names is a function of the host and the configuration, so it is remembered:
         hosts repeat, and this is on every subdomain request.
         """
-        name = self._subdomains(host)
+        name = self._subdomains[host]
         if name is None:
             return None
         if isinstance(name, RoutingError):

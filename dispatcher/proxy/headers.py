@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Final
 
 from dispatcher.asgi import Headers, RequestIds, Scope
 from dispatcher.errors import HeadersTooLarge, InvalidHost, InvalidRequest, LoopDetected
-from dispatcher.memo import memo
+from dispatcher.memo import Memo
 
 if TYPE_CHECKING:
     from dispatcher.routing import Route
@@ -106,10 +106,13 @@ class TrustPolicy:
 
     def __init__(self, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
         self._networks = tuple(networks)
-        self.trusts = memo(4096)(self._trusts)
+        self._trusted: Memo[str | None, bool] = Memo(self._trusts, 4096)
+
+    def trusts(self, peer: str | None) -> bool:
+        """Whether ``peer`` (an address, or ``None`` when unknown) is a trusted proxy."""
+        return self._trusted[peer]
 
     def _trusts(self, peer: str | None) -> bool:
-        """Whether ``peer`` (an address, or ``None`` when unknown) is a trusted proxy."""
         if peer is None:
             return False
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import structlog
@@ -97,7 +97,7 @@ class Forwarder:
         self._inflight[name] = self._inflight.get(name, 0) + 1
         try:
             response = await self._selector.first_accepting(
-                targets, self._attempt(scope, route, prepared, body, exchange), body
+                targets, self._attempt, body, scope, route, prepared, body, exchange
             )
             try:
                 prefix = cookie_path = b""
@@ -176,40 +176,35 @@ class Forwarder:
 
     def _attempt(
         self,
+        target: Target,
+        position: int,
         scope: Scope,
         route: Route,
         prepared: RequestHeaders,
         body: RequestBody | None,
         exchange: Exchange,
-    ) -> Callable[[Target, int], Awaitable[UpstreamResponse]]:
-        """Sends the request to one target (for ``UpstreamSelector.first_accepting``)."""
-        method = scope["method"].encode("ascii")
+    ) -> Awaitable[UpstreamResponse]:
+        """Send the request to one target (for ``UpstreamSelector.first_accepting``)."""
         worker = route.worker
-        timeout = worker.upstream_timeout or self._upstream_timeout
         headers = prepared.headers
-
-        def attempt(target: Target, position: int) -> Awaitable[UpstreamResponse]:
-            nonlocal headers
-            if position:
-                exchange.upstream = target.url
-                if not worker.preserve_host:
-                    headers = [
-                        (b"host", target.authority) if name == b"host" else (name, value)
-                        for name, value in headers
-                    ]
-            path = target.base_path + route.upstream_path
-            return self._transport.request(
-                target.origin,
-                method,
-                path + b"?" + route.query if route.query else path,
-                headers,
-                body,
-                connect_timeout=self._connect_timeout,
-                response_timeout=timeout,
-                idle_timeout=self._idle_timeout,
-            )
-
-        return attempt
+        if position:
+            exchange.upstream = target.url
+            if not worker.preserve_host:
+                headers = prepared.headers = [
+                    (b"host", target.authority) if name == b"host" else (name, value)
+                    for name, value in headers
+                ]
+        path = target.base_path + route.upstream_path
+        return self._transport.request(
+            target.origin,
+            scope["method"].encode("ascii"),
+            path + b"?" + route.query if route.query else path,
+            headers,
+            body,
+            connect_timeout=self._connect_timeout,
+            response_timeout=worker.upstream_timeout or self._upstream_timeout,
+            idle_timeout=self._idle_timeout,
+        )
 
     async def _stream_response(
         self,

@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from dispatcher.errors import UpstreamConnectFailed
-from dispatcher.memo import memo
+from dispatcher.memo import Memo
 from dispatcher.proxy.transport import Origin, RequestBody
 from workers_registry.models import Worker
 
@@ -66,7 +66,7 @@ class UpstreamSelector:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # URLs are parsed once; workers come and go, so the memo is bounded.
-        self._target = memo(100_000)(parse_target)
+        self._targets: Memo[str, Target] = Memo(parse_target, 100_000)
         self._next: dict[str, int] = {}
         self._ejected: dict[str, float] = {}  # url -> until
         self._eject_seconds = eject_seconds
@@ -76,7 +76,7 @@ class UpstreamSelector:
         """The targets to try for one request, in order: the next in turn first."""
         urls = worker.upstreams
         if len(urls) == 1:
-            return [self._target(urls[0])]
+            return [self._targets[urls[0]]]
         turn = self._next.get(worker.name, 0)
         self._next[worker.name] = (turn + 1) % len(urls)
         ordered = urls[turn:] + urls[:turn]
@@ -84,7 +84,7 @@ class UpstreamSelector:
             now = self._clock()
             healthy = [url for url in ordered if self._ejected.get(url, 0.0) <= now]
             ordered = healthy or ordered
-        return [self._target(url) for url in ordered]
+        return [self._targets[url] for url in ordered]
 
     def forget(self, old: Worker, new: Worker | None) -> None:
         """Worker ``old`` changed to ``new`` (``None``: removed): drop its turn and the
@@ -100,12 +100,13 @@ class UpstreamSelector:
     async def first_accepting(
         self,
         targets: list[Target],
-        attempt: Callable[[Target, int], Awaitable[T]],
+        attempt: Callable[..., Awaitable[T]],
         body: RequestBody | None = None,
+        *args: Any,
     ) -> T:
         """What ``attempt`` gets from the first of ``targets`` that accepts a connection.
 
-        The failover of both forwarders. ``attempt(target, position)`` raises
+        The failover of both forwarders. ``attempt(target, position, *args)`` raises
         ``UpstreamConnectFailed`` when not a byte reached ``target``: the target is ejected
         for a while, and the request moves on to the next one while it can be replayed (no
         ``body``, or none of it sent yet); after the last target the error is raised. A target
@@ -114,7 +115,7 @@ class UpstreamSelector:
         last = len(targets) - 1
         for position, target in enumerate(targets):
             try:
-                answer = await attempt(target, position)
+                answer = await attempt(target, position, *args)
             except UpstreamConnectFailed:
                 self.eject(target)
                 if position == last or (body is not None and body.sent):
