@@ -1,0 +1,137 @@
+"""The store's connections and its one error-mapping boundary, ``_StoreBase._transaction``.
+
+Every database exception raised by a query of the store is mapped onto
+``dispatcher.errors`` here and nowhere else (see ``workers_registry.store``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Literal, Self, cast
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from dispatcher.errors import Conflict, DispatcherError, InvalidRequest, RegistryUnavailable
+from workers_registry._store_engine import Dialect, autocommit, create_registry_engine, for_writing
+
+# What "the database cannot answer" looks like from here. Every DBAPIError that is not a
+# constraint violation counts: asyncpg reports a server shutdown as a plain driver Error.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    sa_exc.DBAPIError,
+    sa_exc.TimeoutError,  # pool checkout timeout
+    sa_exc.DisconnectionError,
+    sa_exc.PendingRollbackError,
+    OSError,  # refused, reset, unreachable; includes TimeoutError
+)
+
+# SQLite extended result codes (https://www.sqlite.org/rescode.html).
+_SQLITE_CONSTRAINT_FOREIGNKEY = 787
+_SQLITE_CONSTRAINT_PRIMARYKEY = 1555
+_SQLITE_CONSTRAINT_UNIQUE = 2067
+
+
+def _constraint_kind(exc: sa_exc.IntegrityError) -> Literal["unique", "foreign_key", "other"]:
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None)  # asyncpg (through SQLAlchemy's adapter)
+    if sqlstate == "23505":
+        return "unique"
+    if sqlstate == "23503":
+        return "foreign_key"
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code in (_SQLITE_CONSTRAINT_PRIMARYKEY, _SQLITE_CONSTRAINT_UNIQUE):
+        return "unique"
+    if code == _SQLITE_CONSTRAINT_FOREIGNKEY:
+        return "foreign_key"
+    return "other"
+
+
+def _integrity_error(
+    exc: sa_exc.IntegrityError, *, duplicate: str | None, unknown_worker: str | None
+) -> DispatcherError:
+    kind = _constraint_kind(exc)
+    if kind == "unique" and duplicate is not None:
+        return Conflict(duplicate)
+    if kind == "foreign_key" and unknown_worker is not None:
+        message = f"Worker '{unknown_worker}' does not exist"
+        return InvalidRequest(message, details=[{"field": "worker", "message": message}])
+    return InvalidRequest("The registry rejected this change")
+
+
+class _StoreBase:
+    """The engine, its per-purpose views (reader, writer, snapshot) and ``_transaction``."""
+
+    def __init__(self, engine: AsyncEngine, *, query_timeout: float = 5.0) -> None:
+        self._engine = engine
+        self._query_timeout = query_timeout
+        self._writer = for_writing(engine)
+        self._reader = autocommit(engine)
+        if engine.dialect.name == "postgresql":
+            self._snapshot = engine.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+        else:
+            self._snapshot = engine  # a deferred BEGIN: every read sees one state
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        connect_timeout: float = 5.0,
+        query_timeout: float = 5.0,
+        pre_ping: bool = True,
+    ) -> Self:
+        """A store on ``url`` (``sqlite[+aiosqlite]://`` or ``postgresql[+asyncpg]://``)."""
+        engine = create_registry_engine(
+            url, connect_timeout=connect_timeout, query_timeout=query_timeout, pre_ping=pre_ping
+        )
+        return cls(engine, query_timeout=query_timeout)
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        await self._engine.dispose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def dialect(self) -> Dialect:
+        return cast(Dialect, self._engine.dialect.name)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    @asynccontextmanager
+    async def _transaction(
+        self,
+        engine: AsyncEngine,
+        *,
+        duplicate: str | None = None,
+        unknown_worker: str | None = None,
+        limit: float | None = None,
+    ) -> AsyncIterator[AsyncConnection]:
+        """One transaction under the query timeout: the one place errors are mapped.
+
+        ``duplicate`` is the ``Conflict`` message for a primary-key clash; ``unknown_worker``
+        the worker name to report when a foreign key finds no worker; ``limit`` replaces the
+        query timeout (seconds) for a transaction of many statements (loads, imports).
+        """
+        timeout = self._query_timeout if limit is None else limit
+        try:
+            async with asyncio.timeout(timeout), engine.begin() as connection:
+                yield connection
+        except sa_exc.IntegrityError as exc:
+            raise _integrity_error(exc, duplicate=duplicate, unknown_worker=unknown_worker) from exc
+        except TimeoutError as exc:
+            raise RegistryUnavailable(
+                f"The worker registry did not answer within {timeout:g} s"
+            ) from exc
+        except _UNAVAILABLE as exc:
+            raise RegistryUnavailable("The worker registry database cannot be reached") from exc
