@@ -16,12 +16,12 @@ Answers, by the request path (the query is ignored):
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
+
+from tests.rawserver import RawServer
 
 __all__ = ["Received", "RecordingUpstream"]
 
@@ -82,46 +82,17 @@ def _script_name(target: bytes) -> str | None:
     return None
 
 
-class RecordingUpstream:
+class RecordingUpstream(RawServer):
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[Received] = []
         self.fragments: list[bytes] = []
         self.scripts: dict[str, bytes] = {}
         self.connections = 0
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self.port: int = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> RecordingUpstream:
-        self._thread.start()
-        self._started.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
 
     def seen(self) -> int:
         """How many things reached the upstream so far (requests and fragments)."""
         return len(self.requests) + len(self.fragments)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._serve())
-        self._loop.close()
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        server = await asyncio.start_server(self._handle, sock=self._sock)
-        self._started.set()
-        async with server:
-            await self._stop.wait()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
