@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from dispatcher.errors import Conflict, DispatcherError, InvalidRequest
+from dispatcher.errors import Conflict, InvalidRequest
 
 #: Rows per INSERT statement of an import on Postgres.
 _IMPORT_ROWS_PER_STATEMENT = 50_000
@@ -18,13 +18,27 @@ _IMPORT_ROWS_PER_STATEMENT = 50_000
 _KEYS_PER_QUERY = 1000
 
 
-def _rejected(
-    error: type[Conflict] | type[InvalidRequest], problems: list[tuple[str, str]]
-) -> DispatcherError:
-    """An import refused because of ``problems`` (label, message), the first few named."""
-    details = [{"field": label, "message": message} for label, message in problems[:20]]
+def _refuse_lines(
+    error: type[Conflict] | type[InvalidRequest],
+    labels: Sequence[str],
+    keys: Sequence[str],
+    bad: Collection[str],
+    message: str,
+) -> None:
+    """Refuse the import if a line's key (``keys``, one per line) is in ``bad``.
+
+    The error names the lines (by ``labels``), the first few of them, each with ``message``
+    formatted with its key.
+    """
+    if not bad:
+        return
+    details = [
+        {"field": label, "message": message.format(key)}
+        for key, label in zip(keys, labels, strict=True)
+        if key in bad
+    ][:20]
     first = details[0]
-    return error(
+    raise error(
         f"The import was rejected, nothing was written: {first['field']}: {first['message']}",
         details=details,
     )

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from dispatcher.errors import Conflict, InvalidRequest
 from workers_registry._store_base import _StoreBase
-from workers_registry._store_bulk import _existing, _import_limit, _insert, _labels, _rejected
+from workers_registry._store_bulk import _existing, _import_limit, _insert, _labels, _refuse_lines
 from workers_registry._store_rows import (
     _DOMAIN_COLUMNS,
     _aware,
@@ -55,25 +55,12 @@ class _DomainQueries(_StoreBase):
             duplicate="A domain of the import is already registered",
             limit=_import_limit(specs),
         ) as connection:
-            named = {spec.worker for spec in specs}
-            missing = named - await _existing(connection, workers.c.name, named)
-            if missing:
-                problems = [
-                    (label, f"worker '{spec.worker}' does not exist")
-                    for spec, label in zip(specs, labels, strict=True)
-                    if spec.worker in missing
-                ]
-                raise _rejected(InvalidRequest, problems)
-            taken = await _existing(
-                connection, custom_domains.c.domain, [spec.domain for spec in specs]
-            )
-            if taken:
-                problems = [
-                    (label, f"domain '{spec.domain}' is already registered")
-                    for spec, label in zip(specs, labels, strict=True)
-                    if spec.domain in taken
-                ]
-                raise _rejected(Conflict, problems)
+            named = [spec.worker for spec in specs]
+            missing = set(named) - await _existing(connection, workers.c.name, set(named))
+            _refuse_lines(InvalidRequest, labels, named, missing, "worker '{}' does not exist")
+            domains = [spec.domain for spec in specs]
+            taken = await _existing(connection, custom_domains.c.domain, domains)
+            _refuse_lines(Conflict, labels, domains, taken, "domain '{}' is already registered")
             rows = [
                 {
                     **spec.model_dump(mode="json"),

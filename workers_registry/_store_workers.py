@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from dispatcher.errors import Conflict
 from workers_registry._store_base import _StoreBase
-from workers_registry._store_bulk import _existing, _import_limit, _insert, _labels, _rejected
+from workers_registry._store_bulk import _existing, _import_limit, _insert, _labels, _refuse_lines
 from workers_registry._store_rows import (
     _SPEC_FIELDS,
     _WORKER_COLUMNS,
@@ -118,14 +118,9 @@ class _WorkerQueries(_StoreBase):
             duplicate="A worker of the import already exists",
             limit=_import_limit(specs),
         ) as connection:
-            taken = await _existing(connection, workers.c.name, [spec.name for spec in specs])
-            if taken:
-                problems = [
-                    (label, f"worker '{spec.name}' already exists")
-                    for spec, label in zip(specs, labels, strict=True)
-                    if spec.name in taken
-                ]
-                raise _rejected(Conflict, problems)
+            names = [spec.name for spec in specs]
+            taken = await _existing(connection, workers.c.name, names)
+            _refuse_lines(Conflict, labels, names, taken, "worker '{}' already exists")
             rows = [
                 {**spec.model_dump(mode="json"), "created_at": now, "updated_at": now}
                 for spec in specs
