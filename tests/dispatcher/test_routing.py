@@ -800,6 +800,7 @@ DOT_SEGMENT_PATHS = [
     pytest.param(b"/..%00/secret", id="nul"),
     pytest.param(b"/.. /secret", id="trailing-blank"),
     pytest.param(b"/a\\..\\b", id="backslash-both-sides"),
+    pytest.param("/\uff0e\uff0e/secret".encode(), id="raw-utf8-fullwidth-dots"),
 ]
 NOT_DOT_SEGMENT_PATHS = [
     pytest.param(b"/.well-known/acme", id="dot-file"),
