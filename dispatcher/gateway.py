@@ -103,7 +103,7 @@ class Gateway:
             await self._fail(scope, send, DispatcherError(), exchange)
         finally:
             self.metrics.in_flight -= 1
-            self._log_access(scope, host_header, exchange, started, "GET")
+            self._log_access(scope, host_header, exchange, started)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -123,7 +123,7 @@ class Gateway:
             _log.exception("unhandled_error", request_id=exchange.request_id)
             await self._deny(scope, send, DispatcherError(), exchange)
         finally:
-            self._log_access(scope, host_header, exchange, started, "GET")
+            self._log_access(scope, host_header, exchange, started)
 
     async def _control(
         self, scope: Scope, receive: Receive, send: Send, exchange: Exchange
@@ -184,7 +184,7 @@ class Gateway:
         )
 
     def _log_access(
-        self, scope: Scope, host_header: bytes, exchange: Exchange, started: float, method: str
+        self, scope: Scope, host_header: bytes, exchange: Exchange, started: float
     ) -> None:
         duration = time.perf_counter() - started
         if exchange.upstream_error:
@@ -198,7 +198,7 @@ class Gateway:
         self._access.write(
             {
                 "request_id": exchange.request_id,
-                "method": scope.get("method", method),
+                "method": scope.get("method", "GET"),  # a WebSocket scope has none
                 "host": host_header.decode("latin-1"),
                 "path": scope["path"],
                 "status": exchange.status,

@@ -242,9 +242,7 @@ class Cycle:
                 raise RuntimeError("Response content shorter than Content-Length")
             self.complete = True
             self.wake()
-            # A request body still due when its answer is complete (refused early: 413, a bad
-            # Content-Length, a timeout) would be read as the next request: close instead.
-            if not self.keep_alive or self.more_body:
+            if not self.keep_alive:  # also when the request body was still due (_render_head)
                 conn.transport.close()
             conn.response_complete(self)
 
