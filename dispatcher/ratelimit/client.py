@@ -14,6 +14,7 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Final
 
+from dispatcher.memo import memo
 from dispatcher.proxy.headers import TrustPolicy
 
 __all__ = ["client_key"]
@@ -53,6 +54,7 @@ def _without_port(entry: str) -> str:
     return entry
 
 
+@memo(4096)
 def _bucket(address: str) -> str:
     if ":" not in address:
         return address[:_MAX_KEY]
