@@ -9,6 +9,7 @@ Precedence (highest first): command-line flags (passed to ``load_settings`` as o
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -224,7 +225,7 @@ class Settings(BaseSettings):
     def trusted_networks(self) -> tuple[IPNetwork, ...]:
         return tuple(ipaddress.ip_network(item, strict=False) for item in self.trusted_proxies)
 
-    @property
+    @functools.cached_property
     def upstream_networks(self) -> UpstreamNetworks:
         """Where workers' upstreams may be (checked at registration and at connect time)."""
         return UpstreamNetworks(self.upstream_allowed_networks, self.upstream_denied_networks)
