@@ -7,7 +7,7 @@ import json
 
 from dispatcher.cli._common import CommandError, _import_lines, _print_table, _validate
 from dispatcher.errors import DispatcherError
-from dispatcher.hosts import normalize_host
+from dispatcher.hosts import normalize_domain
 from dispatcher.onboarding import (
     DomainVerifier,
     check_placement,
@@ -143,7 +143,8 @@ async def _domains_set_status(
 
 
 def _domain_arg(value: str) -> str:
+    """A domain named on the command line, read as the admin API reads one (no port)."""
     try:
-        return normalize_host(value)
+        return normalize_domain(value.strip())
     except DispatcherError as exc:
         raise CommandError(f"invalid domain {value!r}: {exc.message}") from None

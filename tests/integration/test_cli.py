@@ -171,6 +171,15 @@ def test_domains_add_list_set_status_remove(
     assert code == 1 and "not registered" in err
 
 
+@pytest.mark.parametrize("name", ["shop.example.org:443", "[::1]"], ids=["port", "ipv6"])
+def test_a_domain_argument_is_a_bare_domain(
+    registry: str, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    # Read as the admin API reads one: a Host header's port or an IP literal is no domain.
+    code, _, err = run(capsys, "domains", "show", name)
+    assert code == 1 and "invalid domain" in err
+
+
 def test_domain_for_an_unknown_worker_is_refused(
     registry: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
