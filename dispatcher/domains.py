@@ -82,13 +82,13 @@ class CustomDomainResolver:
     def __init__(
         self,
         lookup: DomainLookup,
+        lookup_many: DomainsLookup,
         *,
         ttl: float,
         negative_ttl: float,
         maxsize: int,
         error_ttl: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
-        lookup_many: DomainsLookup | None = None,
     ) -> None:
         self._lookup = lookup
         self._lookup_many = lookup_many
@@ -160,7 +160,7 @@ class CustomDomainResolver:
         """The registry changed ``hosts`` (``None``: any host): re-read those that are cached.
 
         The others are only forgotten (a failure remembered, a lookup in flight), so the next
-        request asks. Without ``lookup_many`` the changed hosts are dropped instead. Raises
+        request asks. Raises
         ``RegistryUnavailable`` (the cached entries stay, stale) if the registry cannot answer.
         """
         changed = list(self._cache) if hosts is None else hosts
@@ -172,11 +172,7 @@ class CustomDomainResolver:
                 cached.append(host)
         if not cached:
             return
-        if self._lookup_many is None:
-            for host in cached:
-                self._cache.pop(host, None)
-            return
-        self.queries += (len(cached) + 999) // 1000
+        self.queries += 1  # one call, which the store splits into as many queries as it needs
         found = {entry.domain: entry for entry in await self._lookup_many(cached)}
         now = self._clock()
         for host in cached:

@@ -238,10 +238,10 @@ class DispatcherState:
         )
         self.domains = CustomDomainResolver(
             self.store.lookup_domain,
+            self.store.domains_named,
             ttl=settings.domain_cache_ttl,
             negative_ttl=settings.domain_negative_ttl,
             maxsize=settings.domain_cache_size,
-            lookup_many=self.store.domains_named,
         )
         self.follower = RegistryFollower(
             self.store,

@@ -68,6 +68,13 @@ class Registry:
             raise RegistryUnavailable("database is down")
         return answer
 
+    async def lookup_many(self, hosts: list[str]) -> list[CustomDomain]:
+        self.calls.extend(hosts)
+        await checkpoint()
+        if self.down:
+            raise RegistryUnavailable("database is down")
+        return [self.records[host] for host in hosts if host in self.records]
+
 
 TTL, NEGATIVE_TTL, ERROR_TTL = 60.0, 10.0, 1.0
 
@@ -87,6 +94,7 @@ def make_resolver(
 ) -> CustomDomainResolver:
     return CustomDomainResolver(
         registry.lookup,
+        registry.lookup_many,
         ttl=TTL,
         negative_ttl=NEGATIVE_TTL,
         maxsize=maxsize,
