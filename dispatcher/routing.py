@@ -320,12 +320,12 @@ def _reject_dot_segments(path: bytes) -> None:
     escapes, overlong UTF-8 and compatibility characters are read as well (``_unicode_reading``).
     Browsers never send one (they resolve dot segments before sending), so only hand-made
     requests meet this. An ASCII path without a ``%``, ``/.`` or ``\\.`` cannot hold a dot
-    segment in any of these readings, so most paths are not decoded at all (``find``, not
-    ``in``: on bytes, ``in`` raises and clears an exception inside CPython 3.11).
+    segment in any of these readings, so most paths are only looked at, never decoded further
+    (the look is on ``str``: on bytes, ``in`` raises and clears an exception in CPython 3.11).
     """
-    if path.isascii() and path.find(b"%") < 0 and path.find(b"/.") < 0 and path.find(b"\\.") < 0:
-        return
     text = path.decode("latin-1")
+    if "%" not in text and "/." not in text and "\\." not in text and text.isascii():
+        return
     for _ in range(_DECODE_ROUNDS):
         if "%" not in text:
             break
