@@ -13,12 +13,15 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
+from alembic import command
+from sqlalchemy.engine import Connection
 
 from dispatcher.app import create_app
 from dispatcher.errors import RoutingError
 from dispatcher.settings import Settings
 from dispatcher.state import DispatcherState
-from workers_registry.store import RegistryStore
+from workers_registry.migrate import alembic_config
+from workers_registry.store import RegistryStore, create_registry_engine
 
 BASE = "example.com"
 
@@ -84,3 +87,19 @@ async def until(condition: Callable[[], object], what: str, timeout: float = 10.
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+async def migrate_to(url: str, revision: str, *, down: bool = False) -> None:
+    """Upgrade (or downgrade) the registry at ``url`` to ``revision``."""
+
+    def run(connection: Connection) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+    engine = create_registry_engine(url, pooled=False)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(run)
+    finally:
+        await engine.dispose()

@@ -25,6 +25,7 @@ from tests.workers_registry.registry_kit import (
     add_domain,
     add_worker,
     follower,
+    migrate_to,
     route,
     sql,
     start,
@@ -263,6 +264,18 @@ async def test_a_hostile_session_setting_never_breaks_a_commit(
     assert announced is not None and announced.seq == 3
     # The setting cannot make an announcement say something the log does not.
     assert announced.changes in ((), tuple(log))
+
+
+@pytest.mark.postgres
+async def test_a_downgrade_to_0004_announces_the_sequence_alone_again(
+    postgres_url: str, heard: list[dict[str, Any]]
+) -> None:
+    await migrate_to(postgres_url, "0004", down=True)
+    async with RegistryStore.from_url(postgres_url) as store:
+        await sql(store, add_worker("shop"))
+        await _heard_up_to(store, heard)
+
+    assert heard == [{"seq": 1}]
 
 
 # -- what the follower does with them --------------------------------------------------------
