@@ -185,8 +185,7 @@ class RegistryFollower:
             try:
                 await self._catch_up(poll)
                 if self._unconfirmed and (
-                    len(self._unconfirmed) >= _CONFIRM_AT
-                    or time.monotonic() - self._confirmed_at >= self._poll_interval
+                    time.monotonic() - self._confirmed_at >= self._poll_interval
                 ):
                     await self._confirm()
                 await self._prune()
@@ -235,6 +234,8 @@ class RegistryFollower:
                 if not await self._apply(announced.changes):
                     return
                 self._unconfirmed.update((change.seq, change) for change in announced.changes)
+                if len(self._unconfirmed) >= _CONFIRM_AT:  # (bounded, however fast they come)
+                    await self._confirm()
                 continue
             confirmed = self.confirmed == self.applied
             changes = await self._store.changes_after(self.applied, self._batch)

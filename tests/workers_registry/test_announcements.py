@@ -441,3 +441,24 @@ async def test_a_sequence_announced_beyond_the_registry_costs_no_resync(
     await sql(store, add_worker("blog"))  # and what comes next is still applied
     await follower(deaf).refresh()
     assert "blog" in deaf.table.workers
+
+
+async def test_a_forged_announcement_is_corrected_by_itself_within_the_poll_interval(
+    store: RegistryStore,
+) -> None:
+    app = start(store.engine.url.render_as_string(hide_password=False), registry_poll_interval=0.05)
+    await app.startup()
+    try:
+        if app.listener is not None:
+            await app.listener.aclose()
+        await sql(store, add_worker("shop"))
+        await until(lambda: "shop" in app.table.workers, "the poll")
+        applied = follower(app).applied
+        forged = Change(applied + 1, "workers", "ghost", "insert")  # nothing has this seq
+
+        follower(app).heard(Announcement(applied + 1, (forged,)))
+
+        await until(lambda: follower(app).resyncs == 1, "the confirmation")
+        assert follower(app).applied == follower(app).confirmed == await store.version()
+    finally:
+        await app.shutdown()
