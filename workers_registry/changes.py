@@ -46,7 +46,7 @@ import structlog
 from sqlalchemy.engine import make_url
 
 from dispatcher.errors import RegistryUnavailable
-from workers_registry.models import Worker
+from workers_registry.entries import WorkerEntry
 from workers_registry.store import LOAD_CHUNK, Change, RegistryStore
 from workers_registry.tables import REGISTRY_CHANNEL
 
@@ -63,7 +63,7 @@ class RegistrySnapshot:
     """Every worker at one registry version (a full load)."""
 
     version: int
-    workers: tuple[Worker, ...]
+    workers: tuple[WorkerEntry, ...]
     loaded_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -90,7 +90,7 @@ class RegistryFollower:
         *,
         poll_interval: float,
         on_load: Callable[[RegistrySnapshot], None],
-        on_worker: Callable[[str, Worker | None], None] = lambda name, worker: None,
+        on_worker: Callable[[str, WorkerEntry | None], None] = lambda name, worker: None,
         on_domains: Callable[[Collection[str] | None], Awaitable[None]] | None = None,
         retention: float = 3600.0,
         batch: int = 10_000,

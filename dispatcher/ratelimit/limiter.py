@@ -35,7 +35,7 @@ from dispatcher.ratelimit.counters import LocalCounters, RedisCounters
 from dispatcher.ratelimit.gcra import Limit, Verdict
 from dispatcher.routing import Route
 from dispatcher.settings import Settings
-from workers_registry.models import Worker
+from workers_registry.entries import WorkerEntry
 
 __all__ = ["RateLimiter"]
 
@@ -95,7 +95,7 @@ class RateLimiter(Collector):
             return
         raise self._refusal(worker, limits, verdict)
 
-    def _refusal(self, worker: Worker, limits: list[Limit], verdict: Verdict) -> RateLimited:
+    def _refusal(self, worker: WorkerEntry, limits: list[Limit], verdict: Verdict) -> RateLimited:
         refused = limits[verdict.refused]
         self.limited[refused.name] += 1
         retry = max(1, math.ceil(verdict.wait / 1_000_000))
@@ -181,7 +181,7 @@ class _WorkerLimits:
 
     __slots__ = ("keys", "limits", "per_client", "tag", "worker")
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: WorkerEntry) -> None:
         self.worker = worker
         self.tag = f"{_PREFIX}{{{worker.name}}}"
         self.keys: list[str] = []
