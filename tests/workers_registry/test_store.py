@@ -480,6 +480,46 @@ async def test_rows_written_around_the_store_read_as_pydantic_reads_them(
         assert loaded == [WorkerEntry(**stored)]
 
 
+@pytest.mark.parametrize(
+    ("column", "text"),
+    [
+        pytest.param("upstreams", "not json", id="upstreams-not-json"),
+        pytest.param("upstreams", "[" * 100_000 + "]" * 100_000, id="upstreams-nested-too-deep"),
+        pytest.param("upstreams", '["http://a.internal"', id="upstreams-cut-short"),
+        pytest.param("tags", "{", id="tags-not-json"),
+    ],
+)
+async def test_json_text_that_does_not_parse_costs_its_row_only(
+    tmp_path: Path, column: str, text: str
+) -> None:
+    # SQLite keeps JSON as text that plain SQL may set to anything (Postgres' jsonb refuses
+    # it on write): such a row is skipped like any invalid row, never the whole read.
+    url = f"sqlite+aiosqlite:///{tmp_path}/registry.db"
+    await upgrade(url)
+    async with RegistryStore.from_url(url) as store:
+        await store.add_worker(shop("good"))
+        await store.add_worker(shop("edited"))
+        async with store.engine.begin() as connection:
+            await connection.execute(
+                sa.text(f"UPDATE workers SET {column} = :text WHERE name = 'edited'"),
+                {"text": text},
+            )
+
+        with capture_logs() as logs:
+            _, loaded = await store.load_workers()
+            listed = await store.list_workers()
+            named = await store.workers_named(["edited", "good"])
+
+    await settle_aiosqlite_threads()
+    assert [worker.name for worker in listed] == ["good"]
+    # The data plane reads no tags: a worker whose tags are broken still routes.
+    routed = ["edited", "good"] if column == "tags" else ["good"]
+    assert [entry.name for entry in loaded] == sorted(entry.name for entry in named) == routed
+    assert {log["worker"] for log in logs if log["event"] == "registry.invalid_worker_row"} == {
+        "edited"
+    }
+
+
 # -- Postgres NOTIFY -----------------------------------------------------------------------
 
 
