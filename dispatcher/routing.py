@@ -34,7 +34,8 @@ from dispatcher.errors import (
 )
 from dispatcher.hosts import is_ip_literal, validate_worker_name
 from dispatcher.memo import Memo
-from workers_registry.models import CustomDomain, Worker
+from workers_registry.entries import WorkerEntry
+from workers_registry.models import CustomDomain
 
 __all__ = [
     "CONTROL",
@@ -68,7 +69,7 @@ class Route:
     made per request.
     """
 
-    worker: Worker
+    worker: WorkerEntry
     kind: RouteKind
     upstream_path: bytes
     query: bytes
@@ -114,7 +115,7 @@ class RoutingTable:
     base_domains: tuple[str, ...]
     control_hosts: frozenset[str]
     reserved: frozenset[str]
-    workers: dict[str, Worker]
+    workers: dict[str, WorkerEntry]
     # What a host's label names: a valid worker name, None (no subdomain), or the error.
     _subdomains: Memo[str, str | RoutingError | None] = field(init=False, compare=False, repr=False)
     # What ``is_control_host`` answered per host (asked twice per request: once to know
@@ -132,7 +133,7 @@ class RoutingTable:
         base_domains: Iterable[str],
         control_hosts: Iterable[str] = (),
         reserved: Iterable[str] = (),
-        workers: Iterable[Worker] = (),
+        workers: Iterable[WorkerEntry] = (),
     ) -> RoutingTable:
         # Longest base first, so a worker under ``apps.example.com`` is not mistaken for a
         # two-label name under ``example.com``.
@@ -159,7 +160,7 @@ class RoutingTable:
                 return label if label and "." not in label else None
         return None
 
-    def subdomain_worker(self, host: str) -> Worker | None:
+    def subdomain_worker(self, host: str) -> WorkerEntry | None:
         """The worker that ``host``, one label under a base domain, names.
 
         ``None`` when ``host`` is not such a subdomain; raises ``InvalidWorkerName``,
@@ -184,14 +185,14 @@ class RoutingTable:
         except RoutingError as exc:
             return exc
 
-    def put_worker(self, name: str, worker: Worker | None) -> None:
+    def put_worker(self, name: str, worker: WorkerEntry | None) -> None:
         """Replace worker ``name`` (``None``: remove it); nothing else changes."""
         if worker is None:
             self.workers.pop(name, None)
         else:
             self.workers[name] = worker
 
-    def worker(self, name: str) -> Worker:
+    def worker(self, name: str) -> WorkerEntry:
         """The enabled worker called ``name``, or ``WorkerNotFound``."""
         worker = self.workers.get(name)
         if worker is None or not worker.enabled:

@@ -35,7 +35,7 @@ from dispatcher.routing import DomainAnswer, Route, RoutingTable, resolve
 from dispatcher.settings import Settings
 from workers_registry.announcements import PostgresListener
 from workers_registry.changes import RegistryFollower, RegistrySnapshot
-from workers_registry.models import Worker
+from workers_registry.entries import WorkerEntry
 from workers_registry.store import RegistryStore
 
 __all__ = ["DispatcherState"]
@@ -291,7 +291,7 @@ class DispatcherState:
             # reference counting) when it goes.
             gc.freeze()
 
-    def _apply_worker(self, name: str, worker: Worker | None) -> None:
+    def _apply_worker(self, name: str, worker: WorkerEntry | None) -> None:
         """One worker changed: the table's entry and that worker's upstream and rate-limit
         state only."""
         old = self.table.workers.get(name)

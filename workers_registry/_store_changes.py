@@ -12,8 +12,9 @@ from sqlalchemy.engine import Row
 
 from workers_registry._store_base import _StoreBase
 from workers_registry._store_bulk import _KEYS_PER_QUERY
-from workers_registry._store_rows import _DOMAIN_COLUMNS, _WORKER_COLUMNS, _domain, _now, _workers
-from workers_registry.models import CustomDomain, Worker
+from workers_registry._store_rows import _DOMAIN_COLUMNS, _ENTRY_COLUMNS, _domain, _entries, _now
+from workers_registry.entries import WorkerEntry
+from workers_registry.models import CustomDomain
 from workers_registry.tables import custom_domains, registry_changes, workers
 
 _CHANGES_AFTER = (
@@ -27,7 +28,7 @@ _CHANGES_AFTER = (
     .order_by(registry_changes.c.seq)
     .limit(sa.bindparam("limit"))
 )
-_WORKERS_NAMED = sa.select(*_WORKER_COLUMNS).where(
+_WORKERS_NAMED = sa.select(*_ENTRY_COLUMNS).where(
     workers.c.name.in_(sa.bindparam("keys", expanding=True))
 )
 _DOMAINS_NAMED = sa.select(*_DOMAIN_COLUMNS).where(
@@ -56,10 +57,11 @@ class _ChangeQueries(_StoreBase):
         rows = await self._read(_CHANGES_AFTER, {"after": seq, "limit": limit})
         return [Change(row.seq, row.table_name, row.key, row.op) for row in rows]
 
-    async def workers_named(self, names: Collection[str]) -> list[Worker]:
-        """The workers among ``names`` that exist (valid rows only), in no particular order."""
+    async def workers_named(self, names: Collection[str]) -> list[WorkerEntry]:
+        """The entries of the workers among ``names`` that exist (valid rows only), in no
+        particular order."""
         rows = await self._rows_by_key(_WORKERS_NAMED, names)
-        return _workers(rows)
+        return _entries(rows)
 
     async def domains_named(self, domains: Collection[str]) -> list[CustomDomain]:
         """The custom domains among ``domains`` (normalised keys) that exist."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import orjson
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -38,6 +39,21 @@ def async_database_url(url: str) -> str:
     return f"{driver}://{rest}"
 
 
+def _read_json(text: str | bytes) -> Any:
+    """A JSON column's value as read: its document, or the text itself when it is not JSON.
+
+    Every byte from the database is hostile, and SQLite keeps JSON as plain text that plain
+    SQL can set to anything: text that does not parse (or nests deeper than orjson's 1024
+    levels, where ``json.loads`` would hit the recursion limit) must cost that row, not the
+    whole read. As text it fails the row's validation (``upstreams`` is a list, ``tags`` a
+    map), so the row is skipped and logged like any invalid row.
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
 def create_registry_engine(
     url: str,
     *,
@@ -56,7 +72,7 @@ def create_registry_engine(
     without it the first query after a database restart fails, and the pool is then renewed.
     """
     sa_url = make_url(async_database_url(url))
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"json_deserializer": _read_json}
     if not pooled:
         kwargs["poolclass"] = NullPool
     if sa_url.get_backend_name() == "postgresql":

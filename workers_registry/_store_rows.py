@@ -13,6 +13,7 @@ from sqlalchemy.engine import Row
 
 from dispatcher.errors import DomainNotFound, InvalidHost, WorkerNotFound
 from dispatcher.hosts import normalize_domain
+from workers_registry.entries import ENTRY_FIELDS, WorkerEntry, worker_entry
 from workers_registry.models import CustomDomain, DomainStatus, Worker, WorkerSpec
 from workers_registry.tables import custom_domains, workers
 
@@ -20,6 +21,8 @@ from workers_registry.tables import custom_domains, workers
 _log = structlog.get_logger("workers_registry.store")
 
 _WORKER_COLUMNS = tuple(workers.c)
+#: What the data plane reads of a worker (``WorkerEntry``): no tags, no timestamps.
+_ENTRY_COLUMNS = tuple(workers.c[name] for name in ENTRY_FIELDS)
 _DOMAIN_COLUMNS = tuple(custom_domains.c)
 _SPEC_FIELDS: set[str] = set(WorkerSpec.model_fields)
 
@@ -90,6 +93,20 @@ def _worker(row: Row[Any]) -> Worker | None:
 
 def _workers(rows: Sequence[Row[Any]]) -> list[Worker]:
     return [worker for row in rows if (worker := _worker(row)) is not None]
+
+
+def _entry(row: Row[Any]) -> WorkerEntry | None:
+    try:
+        return worker_entry(row)
+    except ValidationError as exc:
+        # As ``_worker``: a row written around the store is skipped, not fatal.
+        _log.warning("registry.invalid_worker_row", worker=row[0], errors=exc.error_count())
+        return None
+
+
+def _entries(rows: Sequence[Row[Any]]) -> list[WorkerEntry]:
+    """The entries of ``_ENTRY_COLUMNS`` rows; invalid rows are logged and skipped."""
+    return [entry for row in rows if (entry := _entry(row)) is not None]
 
 
 def _domain(row: Row[Any]) -> CustomDomain:

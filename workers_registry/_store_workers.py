@@ -11,13 +11,16 @@ from dispatcher.errors import Conflict
 from workers_registry._store_base import _StoreBase
 from workers_registry._store_bulk import _existing, _import_limit, _insert, _labels, _refuse_lines
 from workers_registry._store_rows import (
+    _ENTRY_COLUMNS,
     _SPEC_FIELDS,
     _WORKER_COLUMNS,
+    _entries,
     _now,
     _worker,
     _worker_missing,
     _workers,
 )
+from workers_registry.entries import WorkerEntry
 from workers_registry.models import Worker, WorkerCreate, WorkerSpec
 from workers_registry.tables import REGISTRY_VERSION_ID, registry_version, workers
 
@@ -26,6 +29,9 @@ _VERSION_QUERY = sa.select(registry_version.c.version).where(
 )
 #: Rows a full load reads and validates between two turns of the event loop (~5 ms).
 LOAD_CHUNK = 250
+_LOAD_QUERY = (
+    sa.select(*_ENTRY_COLUMNS).order_by(workers.c.name).execution_options(yield_per=LOAD_CHUNK)
+)
 
 
 class _WorkerQueries(_StoreBase):
@@ -35,20 +41,20 @@ class _WorkerQueries(_StoreBase):
         """The registry version: it grows with every change to workers or domains."""
         return int((await self._read(_VERSION_QUERY))[0][0])
 
-    async def load_workers(self, *, limit: float = 120.0) -> tuple[int, list[Worker]]:
-        """The version and every worker (ordered by name), read from one snapshot.
+    async def load_workers(self, *, limit: float = 120.0) -> tuple[int, list[WorkerEntry]]:
+        """The version and every worker's ``WorkerEntry`` (ordered by name), read from one
+        snapshot: the routing columns only (no tags, no timestamps).
 
         Rows arrive and are validated ``LOAD_CHUNK`` at a time with a turn of the event loop
         between chunks, so loading 100,000 workers never holds the loop for long. ``limit``
         (seconds) bounds the whole load (the per-query timeout would cut a large one short).
         """
-        loaded: list[Worker] = []
-        query = sa.select(*_WORKER_COLUMNS).order_by(workers.c.name)
+        loaded: list[WorkerEntry] = []
         async with self._transaction(self._snapshot, limit=limit) as connection:
             version = int((await connection.execute(_VERSION_QUERY)).scalar_one())
-            result = await connection.stream(query.execution_options(yield_per=LOAD_CHUNK))
+            result = await connection.stream(_LOAD_QUERY)
             async for rows in result.partitions():
-                loaded.extend(_workers(rows))
+                loaded.extend(_entries(rows))
                 await asyncio.sleep(0)
         return version, loaded
 

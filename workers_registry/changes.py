@@ -50,7 +50,7 @@ import structlog
 
 from dispatcher.errors import RegistryUnavailable
 from workers_registry.announcements import Announcement
-from workers_registry.models import Worker
+from workers_registry.entries import WorkerEntry
 from workers_registry.store import LOAD_CHUNK, Change, RegistryStore
 
 __all__ = ["RegistryFollower", "RegistrySnapshot"]
@@ -70,7 +70,7 @@ class RegistrySnapshot:
     """Every worker at one registry version (a full load)."""
 
     version: int
-    workers: tuple[Worker, ...]
+    workers: tuple[WorkerEntry, ...]
     loaded_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -87,7 +87,7 @@ class RegistryFollower:
         *,
         poll_interval: float,
         on_load: Callable[[RegistrySnapshot], None],
-        on_worker: Callable[[str, Worker | None], None] = lambda name, worker: None,
+        on_worker: Callable[[str, WorkerEntry | None], None] = lambda name, worker: None,
         on_domains: Callable[[Collection[str] | None], Awaitable[None]] | None = None,
         retention: float = 3600.0,
         batch: int = 10_000,

@@ -41,6 +41,7 @@ __all__ = [
     "WorkerSpec",
     "check_custom_domain",
     "check_upstream_url",
+    "is_canonical_upstream_url",
 ]
 
 
@@ -92,10 +93,14 @@ def check_upstream_url(url: str) -> str:
     Accepts ``http`` and ``https`` URLs with a host, an optional port and an optional base path;
     rejects credentials, queries and fragments.
     """
+    return url if is_canonical_upstream_url(url) else _parse_upstream_url(url)
+
+
+def is_canonical_upstream_url(url: str) -> bool:
+    """True when ``url`` is already what ``check_upstream_url`` returns for it (every URL the
+    store wrote is): it is valid and ``check_upstream_url`` would give it back unchanged."""
     canonical = _CANONICAL_URL.fullmatch(url)
-    if canonical and not url.endswith("/") and int(canonical[1] or 1) <= 65535:
-        return url
-    return _parse_upstream_url(url)
+    return canonical is not None and not url.endswith("/") and int(canonical[1] or 1) <= 65535
 
 
 def _parse_upstream_url(url: str) -> str:

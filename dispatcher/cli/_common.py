@@ -13,7 +13,6 @@ from pydantic import ValidationError
 
 from dispatcher.settings import Settings
 from workers_registry.bulk import ImportFormat
-from workers_registry.migrate import upgrade
 from workers_registry.store import RegistryStore
 
 
@@ -43,6 +42,8 @@ def _registry(command: RegistryCommand) -> Callable[[Settings, argparse.Namespac
         structlog.configure(logger_factory=_StderrLogger)
 
         async def go() -> int:
+            from workers_registry.migrate import upgrade  # alembic: only when it runs
+
             await upgrade(settings.async_database_url)
             store = RegistryStore.from_url(settings.async_database_url)
             try:

@@ -53,7 +53,7 @@ async def _resolve(store: RegistryStore, settings: Settings, args: argparse.Name
         upstreams = decision.worker.upstreams
     else:
         result = {"kind": "control", "worker": None, "upstream_path": path, "query": query}
-        upstreams = []
+        upstreams = ()
     if args.json:
         print(json.dumps(result))
     else:

@@ -10,7 +10,7 @@ likely failure than a sure one).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from dispatcher.errors import UpstreamConnectFailed
 from dispatcher.memo import Memo
 from dispatcher.proxy.transport import Origin, RequestBody
-from workers_registry.models import Worker
+from workers_registry.entries import WorkerEntry
 
 __all__ = ["EJECT_SECONDS", "Target", "UpstreamSelector", "parse_target"]
 
@@ -72,21 +72,21 @@ class UpstreamSelector:
         self._eject_seconds = eject_seconds
         self._clock = clock
 
-    def candidates(self, worker: Worker) -> list[Target]:
+    def candidates(self, worker: WorkerEntry) -> list[Target]:
         """The targets to try for one request, in order: the next in turn first."""
         urls = worker.upstreams
         if len(urls) == 1:
             return [self._targets[urls[0]]]
         turn = self._next.get(worker.name, 0)
         self._next[worker.name] = (turn + 1) % len(urls)
-        ordered = urls[turn:] + urls[:turn]
+        ordered: Sequence[str] = urls[turn:] + urls[:turn]
         if self._ejected:
             now = self._clock()
             healthy = [url for url in ordered if self._ejected.get(url, 0.0) <= now]
             ordered = healthy or ordered
         return [self._targets[url] for url in ordered]
 
-    def forget(self, old: Worker, new: Worker | None) -> None:
+    def forget(self, old: WorkerEntry, new: WorkerEntry | None) -> None:
         """Worker ``old`` changed to ``new`` (``None``: removed): drop its turn and the
         ejections of the upstreams it no longer has. Nothing of any other worker moves."""
         if new is not None and new.upstreams == old.upstreams:

@@ -1,5 +1,6 @@
-"""Where the GCRA counters live: in this process (``LocalCounters``) or in Redis, shared by
-every dispatcher process and host (``RedisCounters``).
+"""``RedisCounters``: the GCRA counters in Redis, shared by every dispatcher process and host
+(with no ``rate_limit_url`` they live in the process: ``LocalCounters`` in ``local.py``; this
+module, and the Redis client with it, is imported only when a ``rate_limit_url`` is set).
 
 ``RedisCounters`` is built so that Redis trouble never takes traffic down:
 
@@ -29,9 +30,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
-from dispatcher.ratelimit.gcra import ADMITTED, LEASE_SECONDS, REDIS_SCRIPT, Limit, Verdict, take
+from dispatcher.ratelimit.gcra import ADMITTED, LEASE_SECONDS, REDIS_SCRIPT, Limit, Verdict
 
-__all__ = ["LocalCounters", "RedisCounters"]
+__all__ = ["RedisCounters"]
 
 _log = structlog.get_logger("dispatcher.ratelimit")
 
@@ -40,33 +41,6 @@ _MIN_BACKOFF: Final = 0.1
 _MAX_BACKOFF: Final = 2.0
 _POOL_SIZE: Final = 16
 _MAX_REMEMBERED: Final = 100_000
-
-
-class LocalCounters:
-    """GCRA counters in this process's memory (no ``rate_limit_url``): each process counts
-    alone. At most ``max_keys`` keys; expired ones are dropped when that is reached."""
-
-    backend = "local"
-
-    def __init__(self, max_keys: int = 100_000) -> None:
-        self._tats: dict[str, int] = {}
-        self._max_keys = max_keys
-
-    def take(self, keys: list[str], limits: list[Limit]) -> Verdict:
-        now = time.monotonic_ns() // 1000
-        tats = self._tats
-        if len(tats) >= self._max_keys:
-            for key in [key for key, tat in tats.items() if tat <= now]:
-                del tats[key]
-            if len(tats) >= self._max_keys:
-                tats.clear()  # every key is busy: forget them rather than grow without end
-        return take(tats, keys, limits, now)
-
-    def state(self) -> dict[str, Any]:
-        return {"backend": self.backend, "status": "ok", "keys": len(self._tats)}
-
-    async def aclose(self) -> None:
-        """Nothing to release."""
 
 
 class RedisCounters:

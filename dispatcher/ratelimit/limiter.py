@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -31,11 +31,14 @@ from dispatcher.asgi import Exchange, Scope
 from dispatcher.errors import RateLimited, RateLimitUnavailable
 from dispatcher.proxy.headers import TrustPolicy
 from dispatcher.ratelimit.client import client_key
-from dispatcher.ratelimit.counters import LocalCounters, RedisCounters
 from dispatcher.ratelimit.gcra import Limit, Verdict
+from dispatcher.ratelimit.local import LocalCounters
 from dispatcher.routing import Route
 from dispatcher.settings import Settings
-from workers_registry.models import Worker
+from workers_registry.entries import WorkerEntry
+
+if TYPE_CHECKING:
+    from dispatcher.ratelimit.counters import RedisCounters
 
 __all__ = ["RateLimiter"]
 
@@ -52,11 +55,12 @@ class RateLimiter(Collector):
         self._fail_open = settings.rate_limit_fail_open
         self._local = LocalCounters()
         url = settings.rate_limit_url
-        self._redis = (
-            None
-            if url is None
-            else RedisCounters(url.get_secret_value(), timeout=settings.rate_limit_timeout)
-        )
+        self._redis: RedisCounters | None = None
+        if url is not None:
+            # The Redis client is a tenth of a second of every start: only when it is used.
+            from dispatcher.ratelimit.counters import RedisCounters
+
+            self._redis = RedisCounters(url.get_secret_value(), timeout=settings.rate_limit_timeout)
         # The limits of each worker object last seen (snapshots replace the objects).
         self._limits: dict[str, _WorkerLimits] = {}
         self.limited = {"worker": 0, "client": 0}  # requests refused 429, by the limit
@@ -95,7 +99,7 @@ class RateLimiter(Collector):
             return
         raise self._refusal(worker, limits, verdict)
 
-    def _refusal(self, worker: Worker, limits: list[Limit], verdict: Verdict) -> RateLimited:
+    def _refusal(self, worker: WorkerEntry, limits: list[Limit], verdict: Verdict) -> RateLimited:
         refused = limits[verdict.refused]
         self.limited[refused.name] += 1
         retry = max(1, math.ceil(verdict.wait / 1_000_000))
@@ -181,7 +185,7 @@ class _WorkerLimits:
 
     __slots__ = ("keys", "limits", "per_client", "tag", "worker")
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: WorkerEntry) -> None:
         self.worker = worker
         self.tag = f"{_PREFIX}{{{worker.name}}}"
         self.keys: list[str] = []

@@ -1,7 +1,7 @@
 """Request routing (``dispatcher.routing``): README, "How a request is routed".
 
 ``resolve`` is pure: every case here is a table of (host, path, query, custom-domain answer)
-against one ``RoutingTable`` built from real ``Worker`` models.
+against one ``RoutingTable`` built from ``WorkerEntry`` records (what a registry load gives).
 """
 
 from __future__ import annotations
@@ -34,19 +34,14 @@ from dispatcher.routing import (
     resolve_control,
     resolve_tenant,
 )
-from workers_registry.models import CustomDomain, DomainStatus, Worker
+from workers_registry.entries import WorkerEntry
+from workers_registry.models import CustomDomain, DomainStatus
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
-def make_worker(name: str, *, enabled: bool = True) -> Worker:
-    return Worker(
-        name=name,
-        upstreams=[f"http://127.0.0.1:9000/{name}"],
-        enabled=enabled,
-        created_at=NOW,
-        updated_at=NOW,
-    )
+def make_worker(name: str, *, enabled: bool = True) -> WorkerEntry:
+    return WorkerEntry(name, (f"http://127.0.0.1:9000/{name}",), enabled=enabled)
 
 
 def make_domain(domain: str, worker: str, status: str = "active") -> CustomDomain:

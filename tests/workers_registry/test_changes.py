@@ -175,7 +175,7 @@ async def test_a_worker_change_touches_only_that_worker(
 
     assert gateway.table is table  # changed in place, not rebuilt
     assert table.workers["blog"] is blog
-    assert table.workers["shop"].upstreams == ["http://10.0.0.9:8080"]
+    assert table.workers["shop"].upstreams == ("http://10.0.0.9:8080",)
     assert await route(gateway, f"gone.{BASE}") == "gone"  # the memo forgot the old answer
     assert follower(gateway).resyncs == 0
     assert follower(gateway).changes_applied == applied + 2

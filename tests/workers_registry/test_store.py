@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
+from structlog.testing import capture_logs
 
 from dispatcher.errors import (
     Conflict,
@@ -23,11 +24,13 @@ from dispatcher.errors import (
     WorkerNotFound,
 )
 from tests.postgres import PostgresServer, settle_aiosqlite_threads
+from workers_registry.entries import ENTRY_FIELDS, WorkerEntry
 from workers_registry.migrate import upgrade
 from workers_registry.models import (
     CustomDomainCreate,
     CustomDomainPatch,
     DomainStatus,
+    Worker,
     WorkerCreate,
     WorkerSpec,
 )
@@ -40,6 +43,12 @@ pytestmark = pytest.mark.anyio
 def shop(name: str = "shop", **fields: Any) -> WorkerCreate:
     fields.setdefault("upstreams", ["http://10.0.0.6:8080", "http://10.0.0.5:8080"])
     return WorkerCreate(name=name, **fields)
+
+
+def entry(worker: Worker) -> WorkerEntry:
+    """The data plane's record of ``worker`` (as the admin API shows it)."""
+    fields = {name: getattr(worker, name) for name in ENTRY_FIELDS}
+    return WorkerEntry(**{**fields, "upstreams": tuple(worker.upstreams)})
 
 
 def domain(name: str, worker: str = "shop", status: str = "active") -> CustomDomainCreate:
@@ -383,13 +392,27 @@ async def test_plain_sql_changes_bump_the_version(store: RegistryStore) -> None:
 async def test_load_workers_returns_the_version_with_every_worker(store: RegistryStore) -> None:
     assert await store.load_workers() == (0, [])
     await store.add_worker(shop("zed"))
-    await store.add_worker(shop("abc"))
+    await store.add_worker(
+        shop(
+            "abc",
+            enabled=False,
+            preserve_host=True,
+            max_body_bytes=2**40,
+            upstream_timeout=2.5,
+            max_concurrency=7,
+            rate_limit=0.5,
+            rate_burst=3,
+            client_rate_limit=1e6,
+            tags={"team": "web"},
+        )
+    )
 
     version, loaded = await store.load_workers()
 
     assert version == await store.version() == 2
     assert [worker.name for worker in loaded] == ["abc", "zed"]
-    assert loaded == await store.list_workers()
+    assert loaded == [entry(worker) for worker in await store.list_workers()]
+    assert await store.workers_named({"zed", "abc", "ghost"}) in (loaded, loaded[::-1])
 
 
 async def test_rows_that_fail_validation_are_skipped_not_fatal(store: RegistryStore) -> None:
@@ -399,10 +422,105 @@ async def test_rows_that_fail_validation_are_skipped_not_fatal(store: RegistrySt
             sa.text("INSERT INTO workers (name, upstreams) VALUES ('bad', '[\"ftp://x\"]')")
         )
 
-    version, loaded = await store.load_workers()
+    with capture_logs() as logs:
+        version, loaded = await store.load_workers()
+        named = await store.workers_named(["bad", "good"])
 
-    assert [worker.name for worker in loaded] == ["good"]
+    assert [worker.name for worker in loaded] == [worker.name for worker in named] == ["good"]
     assert version == 2
+    skipped = [log for log in logs if log["event"] == "registry.invalid_worker_row"]
+    assert [(log["worker"], log["log_level"]) for log in skipped] == [("bad", "warning")] * 2
+
+
+@pytest.mark.parametrize(
+    ("columns", "expected"),
+    [
+        pytest.param(
+            "upstreams = '[\"HTTP://Shop.Internal:8080/app/\"]'",
+            {"upstreams": ("http://shop.internal:8080/app",)},
+            id="uncanonical-url-read-in-canonical-form",
+        ),
+        pytest.param("upstreams = '[]'", None, id="no-upstream"),
+        pytest.param("upstreams = '\"http://x.internal\"'", None, id="upstreams-not-a-list"),
+        pytest.param("upstreams = '[8080]'", None, id="url-not-a-string"),
+        pytest.param(
+            "upstreams = '[" + ", ".join(['"http://x.internal"'] * 65) + "]'",
+            None,
+            id="too-many-upstreams",
+        ),
+        pytest.param("upstreams = '[\"http://x.internal/?q\"]'", None, id="url-with-query"),
+        pytest.param("max_concurrency = 0", None, id="concurrency-out-of-range"),
+        pytest.param("max_body_bytes = -1", None, id="negative-body-limit"),
+        pytest.param("upstream_timeout = 86401", None, id="timeout-out-of-range"),
+        pytest.param("rate_burst = 5", None, id="burst-without-rate"),
+        pytest.param(
+            "rate_limit = 2, rate_burst = 5",
+            {"rate_limit": 2.0, "rate_burst": 5},
+            id="burst-with-rate",
+        ),
+        pytest.param("client_rate_limit = 0", None, id="client-rate-zero"),
+        pytest.param("client_rate_limit = 1000001", None, id="client-rate-out-of-range"),
+    ],
+)
+async def test_rows_written_around_the_store_read_as_pydantic_reads_them(
+    store: RegistryStore, columns: str, expected: dict[str, Any] | None
+) -> None:
+    """Every value of a row is hostile: what the lean reader makes of a row written with
+    plain SQL is what the pydantic ``Worker`` makes of it (converted, or skipped)."""
+    await store.add_worker(shop("edited", upstreams=["http://10.0.0.6:8080"]))
+    async with store.engine.begin() as connection:
+        await connection.execute(sa.text(f"UPDATE workers SET {columns} WHERE name = 'edited'"))
+
+    _, loaded = await store.load_workers()
+    named = await store.workers_named(["edited"])
+    listed = await store.list_workers()
+
+    assert loaded == named == [entry(worker) for worker in listed]
+    if expected is None:
+        assert loaded == []
+    else:
+        stored = {"name": "edited", "upstreams": ("http://10.0.0.6:8080",), **expected}
+        assert loaded == [WorkerEntry(**stored)]
+
+
+@pytest.mark.parametrize(
+    ("column", "text"),
+    [
+        pytest.param("upstreams", "not json", id="upstreams-not-json"),
+        pytest.param("upstreams", "[" * 100_000 + "]" * 100_000, id="upstreams-nested-too-deep"),
+        pytest.param("upstreams", '["http://a.internal"', id="upstreams-cut-short"),
+        pytest.param("tags", "{", id="tags-not-json"),
+    ],
+)
+async def test_json_text_that_does_not_parse_costs_its_row_only(
+    tmp_path: Path, column: str, text: str
+) -> None:
+    # SQLite keeps JSON as text that plain SQL may set to anything (Postgres' jsonb refuses
+    # it on write): such a row is skipped like any invalid row, never the whole read.
+    url = f"sqlite+aiosqlite:///{tmp_path}/registry.db"
+    await upgrade(url)
+    async with RegistryStore.from_url(url) as store:
+        await store.add_worker(shop("good"))
+        await store.add_worker(shop("edited"))
+        async with store.engine.begin() as connection:
+            await connection.execute(
+                sa.text(f"UPDATE workers SET {column} = :text WHERE name = 'edited'"),
+                {"text": text},
+            )
+
+        with capture_logs() as logs:
+            _, loaded = await store.load_workers()
+            listed = await store.list_workers()
+            named = await store.workers_named(["edited", "good"])
+
+    await settle_aiosqlite_threads()
+    assert [worker.name for worker in listed] == ["good"]
+    # The data plane reads no tags: a worker whose tags are broken still routes.
+    routed = ["edited", "good"] if column == "tags" else ["good"]
+    assert [entry.name for entry in loaded] == sorted(entry.name for entry in named) == routed
+    assert {log["worker"] for log in logs if log["event"] == "registry.invalid_worker_row"} == {
+        "edited"
+    }
 
 
 # -- Postgres NOTIFY -----------------------------------------------------------------------

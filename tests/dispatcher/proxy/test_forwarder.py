@@ -5,7 +5,6 @@ upstreams. The end-to-end tests (``tests/integration``) run the same paths over 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -18,11 +17,10 @@ from dispatcher.proxy.transport import Origin, RequestBody
 from dispatcher.proxy.upstreams import UpstreamSelector
 from dispatcher.routing import Route, RouteKind
 from dispatcher.settings import Settings
-from workers_registry.models import Worker
+from workers_registry.entries import WorkerEntry
 
 pytestmark = pytest.mark.anyio
 
-NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 FIRST, SECOND = "http://10.0.0.1:8080/base", "http://10.0.0.2:8081"
 
 
@@ -98,7 +96,7 @@ def make_forwarder(transport: FakeTransport, **settings: Any) -> Forwarder:
 
 
 def route(*upstreams: str, kind: RouteKind = RouteKind.SUBDOMAIN) -> Route:
-    worker = Worker(name="shop", upstreams=list(upstreams), created_at=NOW, updated_at=NOW)
+    worker = WorkerEntry("shop", upstreams)
     return Route(worker, kind, b"/cart/items", b"page=2")
 
 

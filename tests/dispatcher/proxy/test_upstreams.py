@@ -5,16 +5,14 @@ on to the next target and when it may not."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import pytest
 
 from dispatcher.errors import UpstreamConnectFailed, UpstreamTimeout
 from dispatcher.proxy.transport import RequestBody
 from dispatcher.proxy.upstreams import Target, UpstreamSelector
-from workers_registry.models import Worker
+from workers_registry.entries import WorkerEntry
 
-NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 URLS = ["http://127.0.0.1:9001", "http://127.0.0.1:9002", "http://127.0.0.1:9003"]
 
 pytestmark = pytest.mark.anyio
@@ -28,8 +26,8 @@ class Clock:
         return self.now
 
 
-def make_worker(urls: list[str] = URLS) -> Worker:
-    return Worker(name="shop", upstreams=urls, created_at=NOW, updated_at=NOW)
+def make_worker(urls: list[str] = URLS) -> WorkerEntry:
+    return WorkerEntry("shop", tuple(urls))
 
 
 class Upstreams:
