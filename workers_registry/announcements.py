@@ -38,6 +38,8 @@ _log = structlog.get_logger("workers_registry.changes")
 _MAX_PAYLOAD = 8000
 #: The most entries one announcement may carry (the migration sends at most 32).
 _MAX_CHANGES = 64
+#: The highest sequence a registry can reach (``registry_version.version`` is a ``bigint``).
+_MAX_SEQ = 2**63 - 1
 _TABLES = frozenset({"workers", "custom_domains"})
 _KEYED_OPERATIONS = frozenset({"insert", "update", "delete"})
 
@@ -57,12 +59,12 @@ def read_announcement(payload: str) -> Announcement | None:
         return None
     try:
         data = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # (deep nesting fits in a payload)
         return None
     if not isinstance(data, dict):
         return None
     seq = data.get("seq")
-    if type(seq) is not int or seq < 0:
+    if type(seq) is not int or not 0 <= seq <= _MAX_SEQ:
         return None
     return Announcement(seq, _changes(seq, data.get("first"), data.get("changes")))
 
