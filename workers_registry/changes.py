@@ -26,7 +26,9 @@ after the applied sequence names its entries, they are applied without reading t
 small change costs a process one read of the changed row (none when it holds nothing of
 it). Those entries are *confirmed* against the log afterwards, in one read per
 ``poll_interval`` (or per ``_CONFIRM_AT`` entries): a payload the log does not bear out (a
-forged ``NOTIFY``, a bug) ends in a resync, logged as ``registry_announcement_unconfirmed``.
+forged ``NOTIFY``, a bug) ends in a resync, logged as ``registry_announcement_unconfirmed``;
+the keys a confirmed one named are read once more then (the row read when it arrived may
+predate its entry: a forged announcement can name the next key before that change commits).
 
 Entries older than ``retention`` seconds are pruned (by every process, cheaply, every
 ``prune_interval`` seconds). When the registry cannot be reached, what is in memory stays in
@@ -268,7 +270,13 @@ class RegistryFollower:
 
     async def _confirm(self) -> None:
         """Check the entries applied from announcements against the log; if the log does
-        not bear them out, resync."""
+        not bear them out, resync.
+
+        The keys they named are read again once the log holds their entries: a row read when
+        an announcement arrived may predate its entry (a forged one that named the next key
+        before the real change committed), and the log alone cannot tell.
+        """
+        announced: list[Change] = []
         while self.confirmed < self.applied:
             entries = await self._store.changes_after(
                 self.confirmed, min(self._batch, self.applied - self.confirmed)
@@ -279,6 +287,8 @@ class RegistryFollower:
                     said is not None and (said.table, said.key) != (entry.table, entry.key)
                 ):
                     break
+                if said is not None:
+                    announced.append(entry)
                 self.confirmed = entry.seq
             else:
                 if entries:
@@ -292,6 +302,8 @@ class RegistryFollower:
             return
         self._unconfirmed.clear()
         self._confirmed_at = time.monotonic()
+        if announced:
+            await self._read_keys(announced)
 
     async def _load(self, *, resync: bool) -> None:
         # Loading 100,000 workers makes a million objects: with the cyclic collector on, the
@@ -327,6 +339,15 @@ class RegistryFollower:
 
     async def _apply(self, changes: Sequence[Change]) -> bool:
         """Apply one batch; False when it ended in a full load instead."""
+        if not await self._read_keys(changes):
+            return False
+        self.changes_applied += len(changes)
+        self._applied(changes[-1].seq)
+        return True
+
+    async def _read_keys(self, changes: Sequence[Change]) -> bool:
+        """Hand on the current state of every key ``changes`` name; False when a TRUNCATE of
+        ``workers`` made it a full load instead."""
         worker_keys: set[str] = set()
         domain_keys: set[str] | None = set()
         for change in changes:
@@ -343,8 +364,6 @@ class RegistryFollower:
         await self._apply_workers(worker_keys)
         if self._on_domains is not None and domain_keys != set():
             await self._on_domains(domain_keys)
-        self.changes_applied += len(changes)
-        self._applied(changes[-1].seq)
         return True
 
     async def _apply_workers(self, names: set[str]) -> None:

@@ -1,0 +1,200 @@
+"""Review of issue 12: the follower fed announcements as a hostile network would deliver them.
+
+Real changes are written with plain SQL; what each transaction would announce is read from
+the log and delivered late, twice, out of order or never, mixed with forged announcements (a
+wrong key at the next sequence, a sequence beyond the registry). Whatever the order, once the
+follower has confirmed and polled, what it holds is what a full reload gives; and forged
+messages cost at most one resync each (no storm).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given
+from hypothesis import settings as settings_hypothesis
+from hypothesis import strategies as st
+
+from dispatcher.state import DispatcherState
+from tests.workers_registry.registry_kit import (
+    BASE,
+    add_domain,
+    add_worker,
+    follower,
+    route,
+    sql,
+    start,
+)
+from workers_registry.announcements import Announcement
+from workers_registry.migrate import upgrade
+from workers_registry.store import Change, RegistryStore
+
+_NAMES = ("shop", "blog", "docs")
+_HOSTS = ("a.example.org", "b.example.net")
+_ALL_HOSTS = (*_HOSTS, *(f"{name}.{BASE}" for name in _NAMES))
+
+_writes = st.one_of(
+    st.tuples(st.just("add_worker"), st.sampled_from(_NAMES)),
+    st.tuples(st.just("toggle"), st.sampled_from(_NAMES)),
+    st.tuples(st.just("rename"), st.sampled_from(_NAMES), st.sampled_from(_NAMES)),
+    st.tuples(st.just("remove_worker"), st.sampled_from(_NAMES)),
+    st.tuples(st.just("add_domain"), st.sampled_from(_HOSTS), st.sampled_from(_NAMES)),
+    st.tuples(st.just("move_domain"), st.sampled_from(_HOSTS), st.sampled_from(_NAMES)),
+    st.tuples(st.just("remove_domain"), st.sampled_from(_HOSTS)),
+    st.tuples(st.just("truncate_domains")),
+)
+_network = st.one_of(
+    st.tuples(st.just("deliver"), st.integers(0, 30)),  # a queued announcement, maybe again
+    st.tuples(st.just("drop"), st.integers(0, 30)),
+    st.tuples(st.just("forge_next"), st.sampled_from(_NAMES + _HOSTS)),
+    st.tuples(st.just("forge_future"), st.integers(1, 10**6)),
+    st.tuples(st.just("refresh")),
+    st.tuples(st.just("confirm")),
+    st.tuples(st.just("request"), st.sampled_from(_ALL_HOSTS)),
+)
+
+
+def _statements(write: tuple[str, ...]) -> list[str]:
+    match write:
+        case ("add_worker", name):
+            return [add_worker(name)]
+        case ("toggle", name):
+            return [f"UPDATE workers SET enabled = NOT enabled WHERE name = '{name}'"]
+        case ("rename", old, new):
+            return [f"UPDATE workers SET name = '{new}' WHERE name = '{old}'"]
+        case ("remove_worker", name):
+            return [f"DELETE FROM workers WHERE name = '{name}'"]
+        case ("add_domain", host, worker):
+            return [add_domain(host, worker)]
+        case ("move_domain", host, worker):
+            return [f"UPDATE custom_domains SET worker = '{worker}' WHERE domain = '{host}'"]
+        case ("remove_domain", host):
+            return [f"DELETE FROM custom_domains WHERE domain = '{host}'"]
+        case ("truncate_domains",):
+            return ["DELETE FROM custom_domains"]
+    return []
+
+
+async def _run(url: str, steps: list[tuple[str, ...]]) -> None:
+    async with RegistryStore.from_url(url) as store:
+        await sql(store, "DELETE FROM custom_domains", "DELETE FROM workers")
+        gateway: DispatcherState = start(url)
+        await gateway.startup()
+        if gateway.listener is not None:  # only what the test delivers is heard
+            await gateway.listener.aclose()
+        queue: list[Announcement] = []
+        forged = 0
+        try:
+            for step in steps:
+                it = follower(gateway)
+                match step:
+                    case ("deliver", index) if queue:
+                        it.heard(queue[index % len(queue)])
+                    case ("drop", index) if queue:
+                        queue.pop(index % len(queue))
+                    case ("forge_next", key):
+                        table = "workers" if key in _NAMES else "custom_domains"
+                        seq = it.applied + 1
+                        it.heard(Announcement(seq, (Change(seq, table, key, "update"),)))
+                        forged += 1
+                    case ("forge_future", ahead):
+                        seq = it.applied + ahead
+                        it.heard(Announcement(seq, (Change(seq, "workers", "ghost", "insert"),)))
+                        forged += 1
+                    case ("refresh",):
+                        await it.refresh(poll=False)
+                    case ("confirm",):
+                        assert await it.confirm()
+                    case ("request", host):
+                        await route(gateway, host)
+                    case _ if step[0] not in ("deliver", "drop"):
+                        before = await store.version()
+                        with contextlib.suppress(sa.exc.IntegrityError):
+                            await sql(store, *_statements(step))
+                        changes = tuple(await store.changes_after(before))
+                        if changes:
+                            queue.append(Announcement(changes[-1].seq, changes))
+            for host in _ALL_HOSTS:  # every host cached: each must end up current
+                await route(gateway, host)
+            assert await follower(gateway).confirm()
+            assert await follower(gateway).refresh()
+            assert follower(gateway).resyncs <= forged
+
+            reloaded = start(url)
+            await reloaded.startup()
+            try:
+                assert gateway.table.workers == reloaded.table.workers
+                for host in _ALL_HOSTS:
+                    assert await route(gateway, host) == await route(reloaded, host), host
+            finally:
+                await reloaded.shutdown()
+        finally:
+            await gateway.shutdown()
+
+
+_migrated: set[str] = set()
+
+
+@settings_hypothesis(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(steps=st.lists(st.one_of(_writes, _network), max_size=30))
+def test_any_delivery_of_announcements_ends_where_a_full_reload_does(
+    registry_url: str, steps: list[tuple[str, ...]]
+) -> None:
+    if registry_url not in _migrated:
+        asyncio.run(upgrade(registry_url))
+        _migrated.add(registry_url)
+    asyncio.run(_run(registry_url, steps))
+
+
+async def _deaf(url: str) -> DispatcherState:
+    gateway: DispatcherState = start(url)
+    await gateway.startup()
+    if gateway.listener is not None:
+        await gateway.listener.aclose()
+    return gateway
+
+
+@pytest.mark.anyio
+async def test_a_forged_announcement_that_guesses_the_next_key_is_corrected_by_the_confirmation(
+    store: RegistryStore,
+) -> None:
+    """The payload names the key the next real change will have, and arrives before it: the
+    log bears the entry out, but the row was read before the change existed."""
+    url = store.engine.url.render_as_string(hide_password=False)
+    await sql(store, add_worker("shop"), add_domain("a.example.org", "shop"))
+    gateway = await _deaf(url)
+    try:
+        it = follower(gateway)
+        assert await route(gateway, "a.example.org") == "shop"  # cached
+        seq = it.applied + 1
+        it.heard(
+            Announcement(
+                seq + 1,
+                (
+                    Change(seq, "workers", "shop", "update"),
+                    Change(seq + 1, "custom_domains", "a.example.org", "update"),
+                ),
+            )
+        )
+        await it.refresh(poll=False)  # applied: both read as they are now
+        await sql(  # the real change, announced with the same entries (a duplicate)
+            store,
+            "UPDATE workers SET enabled = false WHERE name = 'shop'",
+            "UPDATE custom_domains SET status = 'failed' WHERE domain = 'a.example.org'",
+        )
+
+        assert await it.confirm()
+        assert await it.refresh()
+
+        assert gateway.table.workers["shop"].enabled is False
+        assert await route(gateway, "a.example.org") != "shop"
+        assert it.confirmed == it.applied == await store.version()
+    finally:
+        await gateway.shutdown()
