@@ -20,7 +20,8 @@ sequence number in a transaction-local setting (``dispatcher.first_seq``, ``set_
 true)``: gone at commit or rollback, and undone with a rolled-back savepoint, as the entries
 are). Every call of the deferred announce trigger of one transaction still builds the same
 payload (the final state), so Postgres delivers it once. A setting that is not a plain number,
-or that does not describe at most ``ANNOUNCED_CHANGES`` entries ending at N, and a payload
+or that does not describe at most ``ANNOUNCED_CHANGES`` entries ending at N that the log all
+holds (a value set by hand may point before sequence 1 or across pruned entries), and a payload
 over ``_MAX_PAYLOAD`` bytes (Postgres refuses 8,000) fall back to ``{"seq": N}``: a malformed
 setting can never make a commit fail.
 
@@ -99,12 +100,15 @@ BEGIN
     noted := current_setting('dispatcher.first_seq', true);
     IF noted ~ '^[0-9]{{1,18}}$' THEN
         first_seq := noted::bigint;
-        IF first_seq <= last_seq AND last_seq - first_seq < {ANNOUNCED_CHANGES} THEN
-            SELECT json_build_object(
+        IF 1 <= first_seq AND first_seq <= last_seq
+                AND last_seq - first_seq < {ANNOUNCED_CHANGES} THEN
+            -- Only when the log holds every entry first_seq..last_seq (a setting made by
+            -- hand may point before the first sequence or across pruned entries).
+            SELECT CASE WHEN count(*) = last_seq - first_seq + 1 THEN json_build_object(
                 'seq', last_seq,
                 'first', first_seq,
                 'changes', json_agg(json_build_array(table_name, key, op) ORDER BY seq)
-            )::text
+            )::text END
             INTO payload
             FROM registry_changes WHERE seq BETWEEN first_seq AND last_seq;
         END IF;
