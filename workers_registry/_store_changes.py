@@ -12,7 +12,15 @@ from sqlalchemy.engine import Row
 
 from workers_registry._store_base import _StoreBase
 from workers_registry._store_bulk import _KEYS_PER_QUERY
-from workers_registry._store_rows import _DOMAIN_COLUMNS, _ENTRY_COLUMNS, _domain, _entries, _now
+from workers_registry._store_rows import (
+    _DOMAIN_COLUMNS,
+    _ENTRY_COLUMNS,
+    UNREADABLE_ROW,
+    _domain,
+    _entries,
+    _now,
+    _unreadable_domain,
+)
 from workers_registry.entries import WorkerEntry
 from workers_registry.models import CustomDomain
 from workers_registry.tables import custom_domains, registry_changes, workers
@@ -64,8 +72,21 @@ class _ChangeQueries(_StoreBase):
         return _entries(rows)
 
     async def domains_named(self, domains: Collection[str]) -> list[CustomDomain]:
-        """The custom domains among ``domains`` (normalised keys) that exist."""
-        return [_domain(row) for row in await self._rows_by_key(_DOMAINS_NAMED, domains)]
+        """The custom domains among ``domains`` (normalised keys) that exist; a row that
+        cannot be read is logged and skipped (then each key is read alone)."""
+        try:
+            return [_domain(row) for row in await self._rows_by_key(_DOMAINS_NAMED, domains)]
+        except UNREADABLE_ROW:
+            pass
+        found: list[CustomDomain] = []
+        for domain in sorted(domains):
+            try:
+                found.extend(
+                    _domain(row) for row in await self._read(_DOMAINS_NAMED, {"keys": [domain]})
+                )
+            except UNREADABLE_ROW as exc:
+                _unreadable_domain(domain, exc)
+        return found
 
     async def _rows_by_key(self, query: sa.Select[Any], keys: Collection[str]) -> list[Row[Any]]:
         ordered = sorted(keys)

@@ -13,12 +13,14 @@ from workers_registry._store_base import _StoreBase
 from workers_registry._store_bulk import _existing, _import_limit, _insert, _labels, _refuse_lines
 from workers_registry._store_rows import (
     _DOMAIN_COLUMNS,
+    UNREADABLE_ROW,
     _aware,
     _domain,
     _domain_key,
     _domain_missing,
     _now,
     _status_values,
+    _unreadable_domain,
     new_verification_token,
 )
 from workers_registry.models import (
@@ -90,10 +92,15 @@ class _DomainQueries(_StoreBase):
     async def lookup_domain(self, domain: str) -> CustomDomain | None:
         """The hot-path lookup: one primary-key SELECT of an already normalised host.
 
-        Returns the entry whatever its status; callers route only ``routable`` ones.
+        Returns the entry whatever its status; callers route only ``routable`` ones. A row
+        that cannot be read (written around the store) is logged and taken for none.
         """
-        rows = await self._read(_LOOKUP_DOMAIN, {"domain": domain})
-        return _domain(rows[0]) if rows else None
+        try:
+            rows = await self._read(_LOOKUP_DOMAIN, {"domain": domain})
+            return _domain(rows[0]) if rows else None
+        except UNREADABLE_ROW as exc:
+            _unreadable_domain(domain, exc)
+            return None
 
     async def add_domain(self, spec: CustomDomainCreate) -> CustomDomain:
         """Register a custom domain with a fresh random verification token.

@@ -111,3 +111,14 @@ def _entries(rows: Sequence[Row[Any]]) -> list[WorkerEntry]:
 
 def _domain(row: Row[Any]) -> CustomDomain:
     return CustomDomain.model_validate(row._asdict())
+
+
+#: What reading a domain row raises when plain SQL put something else in a column (SQLite
+#: keeps any value in any column): the column types' conversions (a timestamp) raise
+#: ``ValueError`` or ``TypeError``, and pydantic's ``ValidationError`` is a ``ValueError``.
+UNREADABLE_ROW = (ValueError, TypeError)
+
+
+def _unreadable_domain(domain: str, exc: Exception) -> None:
+    # As an invalid worker row: that host is skipped (not registered), not fatal.
+    _log.warning("registry.invalid_domain_row", domain=domain, error=type(exc).__name__)
