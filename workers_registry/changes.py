@@ -401,4 +401,10 @@ class RegistryFollower:
                 poll = True  # the version poll
             self._wake.clear()
             self._ask = False
-            await self.refresh(poll=poll)
+            try:
+                await self.refresh(poll=poll)
+            except Exception:  # whatever it was, following must go on
+                # Not applied: the next wake-up or poll tries again from the same sequence.
+                # A follower that stopped here would serve what it holds for good.
+                self.healthy = False
+                _log.exception("registry_follow_failed", applied_seq=self.applied)

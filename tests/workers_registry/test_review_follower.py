@@ -27,8 +27,10 @@ from tests.workers_registry.registry_kit import (
     route,
     sql,
     start,
+    until,
 )
 from workers_registry.announcements import Announcement
+from workers_registry.changes import RegistryFollower
 from workers_registry.migrate import upgrade
 from workers_registry.store import Change, RegistryStore
 
@@ -198,3 +200,30 @@ async def test_a_forged_announcement_that_guesses_the_next_key_is_corrected_by_t
         assert it.confirmed == it.applied == await store.version()
     finally:
         await gateway.shutdown()
+
+
+@pytest.mark.anyio
+async def test_the_follow_task_survives_a_failure_it_did_not_foresee(store: RegistryStore) -> None:
+    """Whatever goes wrong applying one change (here: what it is handed to raises once), the
+    task that follows the registry must not end: a dead one serves what it holds for good
+    and still reports healthy."""
+    failures = []
+
+    def on_worker(name: str, worker: object) -> None:
+        if name == "boom" and not failures:
+            failures.append(name)
+            raise RuntimeError("a consumer's bug")
+
+    it = RegistryFollower(
+        store, poll_interval=0.05, on_load=lambda snapshot: None, on_worker=on_worker
+    )
+    await it.start()
+    try:
+        await sql(store, add_worker("boom"))
+        await until(lambda: failures, "the failure")
+        await sql(store, add_worker("shop"))
+        version = await store.version()
+        await until(lambda: it.applied == version, "the changes after it")
+        assert it.healthy
+    finally:
+        await it.aclose()
