@@ -3,8 +3,8 @@
 The dispatcher holds every worker in memory (100,000 at platform scale). Routing, forwarding
 and rate limiting read ten fields of a worker; the admin API and the CLI listings read the
 whole pydantic ``Worker`` (tags, timestamps). A ``WorkerEntry`` is those ten fields, with the
-same names as on ``Worker``, in a slotted object: a tenth of a ``Worker``'s memory, and read
-from a row at a fraction of ``Worker.model_validate``'s cost.
+same names as on ``Worker``, in a slotted object: about 170 bytes against a ``Worker``'s 1.4 KB
+(strings aside), and read from a row at under a tenth of ``Worker.model_validate``'s cost.
 
 Every value read from the database is hostile (plain SQL writes around the store). The reader,
 ``worker_entry``, accepts a row at once only when every value has exactly the type the column
