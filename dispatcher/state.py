@@ -33,7 +33,8 @@ from dispatcher.proxy.upstreams import UpstreamSelector
 from dispatcher.ratelimit import RateLimiter
 from dispatcher.routing import DomainAnswer, Route, RoutingTable, resolve
 from dispatcher.settings import Settings
-from workers_registry.changes import PostgresListener, RegistryFollower, RegistrySnapshot
+from workers_registry.announcements import PostgresListener
+from workers_registry.changes import RegistryFollower, RegistrySnapshot
 from workers_registry.entries import WorkerEntry
 from workers_registry.store import RegistryStore
 
@@ -166,6 +167,7 @@ class DispatcherState:
             "version": follower.applied,
             "applied_seq": follower.applied,
             "head_seq": follower.head,
+            "confirmed_seq": follower.confirmed,
             "lag": follower.lag,
             "lag_seconds": round(follower.lag_seconds, 3),
             "workers": len(self.table.workers),
@@ -257,7 +259,7 @@ class DispatcherState:
         if self.store.dialect == "postgresql":
             self.listener = PostgresListener(
                 settings.async_database_url,
-                on_notify=self.follower.wake,
+                on_notify=self.follower.heard,
                 on_reconnect=self.follower.wake,
                 connect_timeout=settings.connect_timeout,
             )

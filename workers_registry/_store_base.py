@@ -7,11 +7,13 @@ Every database exception raised by a query of the store is mapped onto
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Literal, Self, cast
+from typing import Any, Literal, Self, cast
 
+import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from dispatcher.errors import Conflict, DispatcherError, InvalidRequest, RegistryUnavailable
@@ -60,14 +62,35 @@ def _integrity_error(
     return InvalidRequest("The registry rejected this change")
 
 
-class _StoreBase:
-    """The engine, its per-purpose views (reader, writer, snapshot) and ``_transaction``."""
+def _dropped(exc: BaseException) -> bool:
+    """Did ``exc`` come from a connection the database had dropped (the pool now renews it)?"""
+    cause = exc.__cause__
+    return isinstance(cause, sa_exc.DBAPIError) and cause.connection_invalidated
 
-    def __init__(self, engine: AsyncEngine, *, query_timeout: float = 5.0) -> None:
+
+class _StoreBase:
+    """The engines, their per-purpose views (reader, writer, snapshot, lookups), ``_transaction``
+    and ``_read``.
+
+    ``lookups`` serves the reads a running dispatcher makes all the time (a custom-domain
+    miss, the follower's change-log and key reads): on Postgres, an engine whose pool does not
+    ping a connection before each use (a round-trip pair per read otherwise); ``_read`` retries
+    once on a fresh connection when the one it got had been dropped (a database restart).
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        query_timeout: float = 5.0,
+        lookups: AsyncEngine | None = None,
+    ) -> None:
         self._engine = engine
+        self._lookups_engine = lookups
         self._query_timeout = query_timeout
         self._writer = for_writing(engine)
         self._reader = autocommit(engine)
+        self._lookups = autocommit(lookups) if lookups is not None else self._reader
         if engine.dialect.name == "postgresql":
             self._snapshot = engine.execution_options(
                 isolation_level="REPEATABLE READ", postgresql_readonly=True
@@ -88,11 +111,18 @@ class _StoreBase:
         engine = create_registry_engine(
             url, connect_timeout=connect_timeout, query_timeout=query_timeout, pre_ping=pre_ping
         )
-        return cls(engine, query_timeout=query_timeout)
+        lookups = None
+        if pre_ping and engine.dialect.name == "postgresql":
+            lookups = create_registry_engine(
+                url, connect_timeout=connect_timeout, query_timeout=query_timeout, pre_ping=False
+            )
+        return cls(engine, query_timeout=query_timeout, lookups=lookups)
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
         await self._engine.dispose()
+        if self._lookups_engine is not None:
+            await self._lookups_engine.dispose()
 
     async def __aenter__(self) -> Self:
         return self
@@ -107,6 +137,26 @@ class _StoreBase:
     @property
     def engine(self) -> AsyncEngine:
         return self._engine
+
+    @property
+    def engines(self) -> tuple[AsyncEngine, ...]:
+        """Every engine of the store (the lookups' own, on Postgres)."""
+        lookups = self._lookups_engine
+        return (self._engine,) if lookups is None else (self._engine, lookups)
+
+    async def _read(
+        self, statement: sa.Executable, parameters: Mapping[str, Any] | None = None
+    ) -> list[Row[Any]]:
+        """The rows of one read on the lookups engine, retried once if its connection had
+        been dropped."""
+        for retry in (False, True):
+            try:
+                async with self._transaction(self._lookups) as connection:
+                    return list((await connection.execute(statement, parameters)).all())
+            except RegistryUnavailable as exc:
+                if retry or not _dropped(exc):
+                    raise
+        raise AssertionError("unreachable")
 
     @asynccontextmanager
     async def _transaction(

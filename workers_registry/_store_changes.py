@@ -54,8 +54,7 @@ class _ChangeQueries(_StoreBase):
 
     async def changes_after(self, seq: int, limit: int = 10_000) -> list[Change]:
         """Up to ``limit`` change-log entries after ``seq``, in order."""
-        async with self._transaction(self._reader) as connection:
-            rows = (await connection.execute(_CHANGES_AFTER, {"after": seq, "limit": limit})).all()
+        rows = await self._read(_CHANGES_AFTER, {"after": seq, "limit": limit})
         return [Change(row.seq, row.table_name, row.key, row.op) for row in rows]
 
     async def workers_named(self, names: Collection[str]) -> list[WorkerEntry]:
@@ -72,9 +71,7 @@ class _ChangeQueries(_StoreBase):
         ordered = sorted(keys)
         rows: list[Row[Any]] = []
         for start in range(0, len(ordered), _KEYS_PER_QUERY):
-            chunk = ordered[start : start + _KEYS_PER_QUERY]
-            async with self._transaction(self._reader) as connection:
-                rows.extend((await connection.execute(query, {"keys": chunk})).all())
+            rows.extend(await self._read(query, {"keys": ordered[start : start + _KEYS_PER_QUERY]}))
         return rows
 
     async def prune_changes(self, retention: float) -> int:

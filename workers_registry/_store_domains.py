@@ -92,9 +92,8 @@ class _DomainQueries(_StoreBase):
 
         Returns the entry whatever its status; callers route only ``routable`` ones.
         """
-        async with self._transaction(self._reader) as connection:
-            row = (await connection.execute(_LOOKUP_DOMAIN, {"domain": domain})).one_or_none()
-        return None if row is None else _domain(row)
+        rows = await self._read(_LOOKUP_DOMAIN, {"domain": domain})
+        return _domain(rows[0]) if rows else None
 
     async def add_domain(self, spec: CustomDomainCreate) -> CustomDomain:
         """Register a custom domain with a fresh random verification token.

@@ -40,8 +40,7 @@ class _WorkerQueries(_StoreBase):
 
     async def version(self) -> int:
         """The registry version: it grows with every change to workers or domains."""
-        async with self._transaction(self._reader) as connection:
-            return int((await connection.execute(_VERSION_QUERY)).scalar_one())
+        return int((await self._read(_VERSION_QUERY))[0][0])
 
     async def load_workers(self, *, limit: float = 120.0) -> tuple[int, list[WorkerEntry]]:
         """The version and every worker's ``WorkerEntry`` (ordered by name), read from one

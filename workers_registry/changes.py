@@ -21,13 +21,20 @@ the log no longer holds the entry after the applied sequence (pruned past it whi
 process was away, or the database was replaced): a *resync*. A listener outage needs no
 resync: the entries are still in the log and the next wake-up reads them.
 
+Announcements that carry their changes (``workers_registry.announcements``): when the one
+after the applied sequence names its entries, they are applied without reading the log, so a
+small change costs a process one read of the changed row (none when it holds nothing of
+it). Those entries are *confirmed* against the log afterwards, in one read per
+``poll_interval`` (or per ``_CONFIRM_AT`` entries): a payload the log does not bear out (a
+forged ``NOTIFY``, a bug) ends in a resync, logged as ``registry_announcement_unconfirmed``.
+
 Entries older than ``retention`` seconds are pruned (by every process, cheaply, every
 ``prune_interval`` seconds). When the registry cannot be reached, what is in memory stays in
 service, ``healthy`` turns false, and polling carries on until the database answers again.
 
 On Postgres, ``PostgresListener`` holds one dedicated connection that ``LISTEN``s on the
-triggers' channel and wakes the follower on every ``NOTIFY``; after a lost connection it
-reconnects by itself and wakes the follower, which catches up from the log.
+triggers' channel and hands the follower every announcement (``heard``); after a lost
+connection it reconnects by itself and wakes the follower, which catches up from the log.
 """
 
 from __future__ import annotations
@@ -35,27 +42,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-import asyncpg
 import structlog
-from sqlalchemy.engine import make_url
 
 from dispatcher.errors import RegistryUnavailable
+from workers_registry.announcements import Announcement
 from workers_registry.entries import WorkerEntry
 from workers_registry.store import LOAD_CHUNK, Change, RegistryStore
-from workers_registry.tables import REGISTRY_CHANNEL
 
-__all__ = ["PostgresListener", "RegistryFollower", "RegistrySnapshot", "announced_sequence"]
+__all__ = ["RegistryFollower", "RegistrySnapshot"]
 
 _log = structlog.get_logger("workers_registry.changes")
 
 _WORKERS = "workers"
 _DOMAINS = "custom_domains"
+#: Announcements kept while waiting for the ones before them (more are only wake-ups).
+_PENDING = 256
+#: Confirm the entries applied from announcements once this many wait.
+_CONFIRM_AT = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,16 +76,6 @@ class RegistrySnapshot:
     @property
     def age(self) -> float:
         return time.monotonic() - self.loaded_at
-
-
-def announced_sequence(payload: str) -> int | None:
-    """The sequence a ``NOTIFY`` payload announces (``{"seq": N}``), or ``None`` if it names
-    none (anything else on the channel still wakes the follower)."""
-    try:
-        seq = json.loads(payload).get("seq") if len(payload) < 256 else None
-    except (ValueError, AttributeError):
-        return None
-    return seq if type(seq) is int and seq >= 0 else None
 
 
 class RegistryFollower:
@@ -105,6 +102,8 @@ class RegistryFollower:
         self._next_prune = 0.0
         self._batch = batch
         self._wake = asyncio.Event()
+        self._ask = False  # a wake-up that named no sequence: ask the registry
+        self._heard = 0  # wake-ups that named a sequence not applied yet
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         #: Sequence of the last change applied (-1 before the first load).
@@ -113,6 +112,13 @@ class RegistryFollower:
         self.head = -1
         self.applied_at = time.monotonic()
         self._behind_since: float | None = None
+        #: Every entry up to this sequence was read from the log (or checked against it);
+        #: the ones after it that announcements carried wait in ``_unconfirmed``.
+        self.confirmed = -1
+        self._unconfirmed: dict[int, Change] = {}
+        self._confirmed_at = time.monotonic()
+        #: Announcements carrying changes not applied yet, by their first sequence.
+        self._announced: dict[int, Announcement] = {}
         self.healthy = False
         self.reloads = 0  # full loads, the first one included
         self.resyncs = 0  # full loads after the first: the log could not bridge the gap
@@ -141,22 +147,47 @@ class RegistryFollower:
                 await self._task
             self._task = None
 
+    def heard(self, announcement: Announcement | None) -> None:
+        """A notification (``None``: it named no sequence, but something may have changed).
+
+        The changes it carries, if any, are kept to be applied in order, without a read of
+        the log; a duplicate or late one costs nothing.
+        """
+        if announcement is None:
+            self.wake()
+            return
+        changes = announcement.changes
+        if changes and changes[0].seq > self.applied and len(self._announced) < _PENDING:
+            self._announced[changes[0].seq] = announcement
+        self.wake(announcement.seq)
+
     def wake(self, seq: int | None = None) -> None:
         """Check the registry now; ``seq`` is the sequence a notification announced.
 
         A sequence already applied (a duplicate or late notification) wakes nothing.
         """
-        if seq is not None:
-            if seq <= self.applied:
-                return
+        if seq is None:
+            self._ask = True
+        elif seq <= self.applied:
+            return
+        else:
+            self._heard += 1
             self._saw(seq)
         self._wake.set()
 
-    async def refresh(self) -> bool:
-        """Apply what the registry changed since the last call; False if it could not be asked."""
+    async def refresh(self, *, poll: bool = True) -> bool:
+        """Apply what the registry changed since the last call; False if it could not be asked.
+
+        With ``poll`` false only what is known to exist is read (a notification woke the
+        follower): nothing at all when it was applied already.
+        """
         async with self._lock:
             try:
-                await self._catch_up()
+                await self._catch_up(poll)
+                if self._unconfirmed and (
+                    time.monotonic() - self._confirmed_at >= self._poll_interval
+                ):
+                    await self._confirm()
                 await self._prune()
             except RegistryUnavailable:
                 if self.healthy:
@@ -168,37 +199,109 @@ class RegistryFollower:
             _log.info("registry_reachable", applied_seq=self.applied)
         return True
 
+    async def confirm(self) -> bool:
+        """Check now what announcements said against the log (``refresh`` does it once per
+        ``poll_interval``); False if the registry could not be asked."""
+        async with self._lock:
+            try:
+                await self._confirm()
+            except RegistryUnavailable:
+                return False
+        return True
+
     def _saw(self, seq: int) -> None:
         if seq > self.head:
             if self.head <= self.applied:
                 self._behind_since = time.monotonic()
             self.head = seq
 
-    async def _catch_up(self) -> None:
+    async def _catch_up(self, poll: bool) -> None:
         if self.applied < 0:
             await self._load(resync=False)
             return
-        if self.head <= self.applied:  # nothing announced: ask (the poll)
+        if self.head <= self.applied:  # nothing announced
+            if not poll:
+                return
+            # Ask (the poll).
             version = await self._store.version()
             if version < self.applied:  # the database was replaced or restored
                 await self._load(resync=True)
                 return
             self._saw(version)
         while self.head > self.applied:
+            announced = self._next_announced()
+            if announced is not None:  # the notification named the keys: no read of the log
+                if not await self._apply(announced.changes):
+                    return
+                self._unconfirmed.update((change.seq, change) for change in announced.changes)
+                if len(self._unconfirmed) >= _CONFIRM_AT:  # (bounded, however fast they come)
+                    await self._confirm()
+                continue
+            confirmed = self.confirmed == self.applied
             changes = await self._store.changes_after(self.applied, self._batch)
+            if not changes and await self._store.version() == self.applied:
+                # Nothing after ours, and nothing was missed: the sequence announced was not
+                # the registry's (a forged NOTIFY). Believe the registry.
+                _log.warning("registry_announcement_unconfirmed", announced_seq=self.head)
+                self.head = self.applied
+                self._announced.clear()
+                return
             if not changes or changes[0].seq != self.applied + 1:
                 # The entries after ours were pruned: the log cannot bridge the gap.
                 await self._load(resync=True)
                 return
             if not await self._apply(changes):
                 return
+            if confirmed:
+                self.confirmed = self.applied
             self._saw(changes[-1].seq)
+
+    def _next_announced(self) -> Announcement | None:
+        """The kept announcement that starts right after the applied sequence, if any (the
+        ones it overtook are dropped)."""
+        pending = self._announced
+        if pending:
+            for first in [first for first in pending if first <= self.applied]:
+                del pending[first]
+            return pending.pop(self.applied + 1, None)
+        return None
+
+    async def _confirm(self) -> None:
+        """Check the entries applied from announcements against the log; if the log does
+        not bear them out, resync."""
+        while self.confirmed < self.applied:
+            entries = await self._store.changes_after(
+                self.confirmed, min(self._batch, self.applied - self.confirmed)
+            )
+            for entry in entries:
+                said = self._unconfirmed.pop(entry.seq, None)
+                if entry.seq != self.confirmed + 1 or (
+                    said is not None and (said.table, said.key) != (entry.table, entry.key)
+                ):
+                    break
+                self.confirmed = entry.seq
+            else:
+                if entries:
+                    continue
+            _log.warning(
+                "registry_announcement_unconfirmed",
+                confirmed_seq=self.confirmed,
+                applied_seq=self.applied,
+            )
+            await self._load(resync=True)
+            return
+        self._unconfirmed.clear()
+        self._confirmed_at = time.monotonic()
 
     async def _load(self, *, resync: bool) -> None:
         # Loading 100,000 workers makes a million objects: with the cyclic collector on, the
         # allocations trigger collections that walk all of them (hundreds of ms each, on the
         # event loop). Reference counting frees what the load discards; ``on_load`` may
         # ``gc.freeze()`` what it keeps (the server does) before collection resumes.
+        # Nothing announced before the load is believed beyond what the load reads: not the
+        # sequence it said was reached, not the changes waiting to be applied.
+        self._announced.clear()
+        heard = self._heard
         collecting = gc.isenabled()
         gc.disable()
         try:
@@ -207,7 +310,12 @@ class RegistryFollower:
         finally:
             if collecting:
                 gc.enable()
+        if self._heard == heard:  # (a notification during the load may announce more)
+            self.head = version
         self._applied(version)
+        self.confirmed = version
+        self._unconfirmed.clear()
+        self._confirmed_at = time.monotonic()
         self.reloads += 1
         if resync:
             self.resyncs += 1
@@ -217,7 +325,7 @@ class RegistryFollower:
         if resync and self._on_domains is not None:
             await self._on_domains(None)
 
-    async def _apply(self, changes: list[Change]) -> bool:
+    async def _apply(self, changes: Sequence[Change]) -> bool:
         """Apply one batch; False when it ended in a full load instead."""
         worker_keys: set[str] = set()
         domain_keys: set[str] | None = set()
@@ -267,83 +375,11 @@ class RegistryFollower:
 
     async def _follow(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
-            self._wake.clear()
-            await self.refresh()
-
-
-class PostgresListener:
-    """``LISTEN`` on the registry channel; call ``on_notify`` with the announced sequence.
-
-    Owns one asyncpg connection outside the store's pool. ``connected`` is false while the
-    connection is down; a background task reconnects every ``retry_interval`` seconds and
-    calls ``on_reconnect`` once it is back.
-    """
-
-    def __init__(
-        self,
-        database_url: str,
-        *,
-        on_notify: Callable[[int | None], None],
-        on_reconnect: Callable[[], None],
-        connect_timeout: float = 5.0,
-        retry_interval: float = 1.0,
-    ) -> None:
-        url = make_url(database_url).set(drivername="postgresql")
-        self._dsn = url.render_as_string(hide_password=False)
-        self._on_notify = on_notify
-        self._on_reconnect = on_reconnect
-        self._connect_timeout = connect_timeout
-        self._retry_interval = retry_interval
-        self._connection: Any = None
-        self._lost = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self.connected = False
-
-    async def start(self) -> None:
-        with contextlib.suppress(OSError, asyncpg.PostgresError, TimeoutError):
-            await self._connect()
-        self._task = asyncio.get_running_loop().create_task(self._keep_connected())
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._connection is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._connection.close(), self._connect_timeout)
-            self._connection = None
-        self.connected = False
-
-    async def _connect(self) -> None:
-        connection = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
-        connection.add_termination_listener(self._terminated)
-        await connection.add_listener(REGISTRY_CHANNEL, self._notified)
-        self._connection = connection
-        self._lost.clear()
-        self.connected = True
-
-    async def _keep_connected(self) -> None:
-        while True:
-            if self.connected:
-                await self._lost.wait()
-            await asyncio.sleep(self._retry_interval)
             try:
-                await self._connect()
-            except (OSError, asyncpg.PostgresError, TimeoutError):
-                continue
-            _log.info("registry_listener_reconnected")
-            self._on_reconnect()
-
-    def _notified(self, connection: Any, pid: int, channel: str, payload: str) -> None:
-        self._on_notify(announced_sequence(payload))
-
-    def _terminated(self, connection: Any) -> None:
-        if self.connected:
-            _log.warning("registry_listener_lost")
-        self.connected = False
-        self._connection = None
-        self._lost.set()
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                poll = self._ask
+            except TimeoutError:
+                poll = True  # the version poll
+            self._wake.clear()
+            self._ask = False
+            await self.refresh(poll=poll)

@@ -217,8 +217,9 @@ def test_concurrent_misses_for_one_host_cost_one_query(database: str) -> None:
             if "custom_domains.domain = " in statement:
                 queries.append(statement)
 
-        engine = gateway.state.store.engine.sync_engine
-        event.listen(engine, "before_cursor_execute", count)
+        engines = [engine.sync_engine for engine in gateway.state.store.engines]
+        for engine in engines:
+            event.listen(engine, "before_cursor_execute", count)
         try:
 
             async def burst() -> list[int]:
@@ -234,6 +235,7 @@ def test_concurrent_misses_for_one_host_cost_one_query(database: str) -> None:
 
             codes = asyncio.run(burst())
         finally:
-            event.remove(engine, "before_cursor_execute", count)
+            for engine in engines:
+                event.remove(engine, "before_cursor_execute", count)
     assert codes == [200] * 1000, sorted(set(codes))
     assert len(queries) == 1, queries

@@ -1,16 +1,11 @@
-"""The change log and the follower that applies it, against real SQLite and Postgres.
-
-The follower under test is the one a dispatcher runs (``DispatcherState.startup`` wires it to
-the routing table, the upstream selector and the custom-domain cache), driven by explicit
-``refresh()`` calls (a long poll interval) so each test decides when changes are applied.
-"""
+"""The change log and the follower that applies it, against real SQLite and Postgres
+(``registry_kit`` says how the follower is driven)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -20,81 +15,23 @@ from hypothesis import HealthCheck, example, given
 from hypothesis import settings as settings_hypothesis
 from hypothesis import strategies as st
 
-from dispatcher.app import create_app
-from dispatcher.errors import RoutingError
-from dispatcher.settings import Settings
 from dispatcher.state import DispatcherState
-from workers_registry.changes import announced_sequence
+from tests.workers_registry.registry_kit import (
+    BASE,
+    add_domain,
+    add_worker,
+    follower,
+    route,
+    sql,
+    start,
+    statements_of,
+    until,
+)
 from workers_registry.migrate import upgrade
 from workers_registry.store import Change, RegistryStore
 from workers_registry.tables import REGISTRY_CHANNEL
 
 pytestmark = pytest.mark.anyio
-
-BASE = "example.com"
-
-
-async def sql(store: RegistryStore, *statements: str) -> None:
-    """Run ``statements`` in one transaction, as an operator's plain SQL would."""
-    async with store.engine.begin() as connection:
-        for statement in statements:
-            await connection.execute(sa.text(statement))
-
-
-def add_worker(name: str, upstream: str = "http://10.0.0.1:8080") -> str:
-    return f"INSERT INTO workers (name, upstreams) VALUES ('{name}', '[\"{upstream}\"]')"
-
-
-def add_domain(domain: str, worker: str, status: str = "active") -> str:
-    return (
-        "INSERT INTO custom_domains (domain, worker, status)"
-        f" VALUES ('{domain}', '{worker}', '{status}')"
-    )
-
-
-@pytest.fixture
-async def store(registry_url: str) -> AsyncIterator[RegistryStore]:
-    await upgrade(registry_url)
-    registry = RegistryStore.from_url(registry_url)
-    yield registry
-    await registry.aclose()
-
-
-def settings(url: str, **overrides: Any) -> Settings:
-    options: dict[str, Any] = {
-        "database_url": url,
-        "base_domains": [BASE],
-        "registry_poll_interval": 3600,  # the tests call refresh() themselves
-        "log_level": "warning",
-    }
-    return Settings(**{**options, **overrides})
-
-
-def start(url: str, **overrides: Any) -> DispatcherState:
-    """A dispatcher's state (what its lifespan starts), wired as ``create_app`` wires it."""
-    return create_app(settings(url, **overrides)).state
-
-
-@pytest.fixture
-async def gateway(store: RegistryStore) -> AsyncIterator[DispatcherState]:
-    state = start(store.engine.url.render_as_string(hide_password=False))
-    await state.startup()
-    yield state
-    await state.shutdown()
-
-
-async def route(gateway: DispatcherState, host: str) -> str:
-    """Where a request to ``host`` goes: the worker's name, or the error code."""
-    try:
-        found = await gateway.route(host, b"/", b"", "GET")
-    except RoutingError as exc:
-        return exc.code
-    return "control" if found is None else found.worker.name
-
-
-def follower(gateway: DispatcherState) -> Any:
-    assert gateway.follower is not None
-    return gateway.follower
 
 
 # -- the log ---------------------------------------------------------------------------------
@@ -156,22 +93,6 @@ async def test_prune_drops_only_entries_older_than_the_retention(store: Registry
     assert [c.key for c in await store.changes_after(0)] == ["new"]
 
 
-@pytest.mark.parametrize(
-    ("payload", "seq"),
-    [
-        pytest.param('{"seq": 42}', 42, id="sequence"),
-        pytest.param('{"seq": "42"}', None, id="string"),
-        pytest.param('{"seq": -1}', None, id="negative"),
-        pytest.param('{"seq": true}', None, id="boolean"),
-        pytest.param("[1]", None, id="array"),
-        pytest.param("not json", None, id="garbage"),
-        pytest.param('{"seq": 1' + " " * 300 + "}", None, id="oversized"),
-    ],
-)
-def test_announced_sequence_reads_only_a_sequence(payload: str, seq: int | None) -> None:
-    assert announced_sequence(payload) == seq
-
-
 # -- notifications ---------------------------------------------------------------------------
 
 
@@ -201,7 +122,12 @@ async def test_a_bulk_change_of_100k_rows_sends_one_notification(postgres_url: s
     finally:
         await listener.close()
 
-    assert [json.loads(payload) for payload in received] == [{"seq": 100_001}, {"seq": 100_002}]
+    # The bulk transaction is announced by its sequence alone (too many changes to carry);
+    # the small one carries its change.
+    assert [json.loads(payload) for payload in received] == [
+        {"seq": 100_001},
+        {"seq": 100_002, "first": 100_002, "changes": [["workers", "marker", "insert"]]},
+    ]
 
 
 # -- incremental apply -----------------------------------------------------------------------
@@ -264,10 +190,7 @@ async def test_duplicate_and_late_notifications_are_harmless(
     follower(gateway).wake(1)  # out of order: the second one announces less
     await follower(gateway).refresh()
     assert follower(gateway).applied == 2
-    statements: list[str] = []
-    sa.event.listen(
-        store.engine.sync_engine, "before_cursor_execute", lambda *a: statements.append(a[2])
-    )
+    statements = statements_of(gateway.registry)
 
     follower(gateway)._wake.clear()  # the follower's own task has not run since the wakes above
     for seq in (2, 1, 2):  # duplicates and late ones
@@ -334,16 +257,16 @@ async def test_a_listener_outage_is_caught_up_from_the_log_with_nothing_lost(
     try:
         assert app.store is not None and app.listener is not None
         await sql(app.store, add_worker("shop"))
-        await _until(lambda: "shop" in app.table.workers, "the NOTIFY")
+        await until(lambda: "shop" in app.table.workers, "the NOTIFY")
         await sql(
             app.store,
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
         )
-        await _until(lambda: app.listener is not None and not app.listener.connected, "outage")
+        await until(lambda: app.listener is not None and not app.listener.connected, "outage")
         await sql(app.store, add_worker("blog"))  # announced to nobody
 
-        await _until(lambda: "blog" in app.table.workers, "the catch-up after reconnecting")
+        await until(lambda: "blog" in app.table.workers, "the catch-up after reconnecting")
 
         assert app.listener.connected
         assert follower(app).resyncs == 0  # the log bridged the outage
@@ -359,18 +282,10 @@ async def test_sqlite_changes_arrive_by_the_version_poll(tmp_path: Any) -> None:
     try:
         assert app.store is not None
         await sql(app.store, add_worker("shop"))
-        await _until(lambda: "shop" in app.table.workers, "the poll")
+        await until(lambda: "shop" in app.table.workers, "the poll")
         assert follower(app).changes_applied == 1
     finally:
         await app.shutdown()
-
-
-async def _until(condition: Any, what: str, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 # -- the property: incremental apply == full reload ------------------------------------------

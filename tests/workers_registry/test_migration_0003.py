@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from sqlalchemy.engine import Connection
 
-from workers_registry.migrate import alembic_config, upgrade
+from tests.workers_registry.registry_kit import migrate_to
+from workers_registry.migrate import upgrade
 from workers_registry.models import CustomDomainCreate, WorkerCreate
 from workers_registry.store import RegistryStore, create_registry_engine
 
 pytestmark = pytest.mark.anyio
-
-
-async def _migrate(url: str, revision: str, *, down: bool = False) -> None:
-    def run(connection: Connection) -> None:
-        config = alembic_config()
-        config.attributes["connection"] = connection
-        (command.downgrade if down else command.upgrade)(config, revision)
-
-    engine = create_registry_engine(url, pooled=False)
-    try:
-        async with engine.begin() as connection:
-            await connection.run_sync(run)
-    finally:
-        await engine.dispose()
 
 
 async def _execute(url: str, *statements: str) -> list[sa.Row[tuple[object, ...]]]:
@@ -42,7 +27,7 @@ async def _execute(url: str, *statements: str) -> list[sa.Row[tuple[object, ...]
 
 
 async def test_existing_domains_get_a_token_and_keep_their_status(registry_url: str) -> None:
-    await _migrate(registry_url, "0001")
+    await migrate_to(registry_url, "0001")
     await _execute(
         registry_url,
         "INSERT INTO workers (name, upstreams) VALUES ('shop', '[\"http://127.0.0.1:1\"]')",
@@ -84,7 +69,7 @@ async def test_a_moved_domain_is_failed_after_a_downgrade(registry_url: str) -> 
         "INSERT INTO custom_domains (domain, worker, status) VALUES ('a.example.org', 'shop', "
         "'moved')",
     )
-    await _migrate(registry_url, "0001", down=True)
+    await migrate_to(registry_url, "0001", down=True)
     rows = await _execute(registry_url, "SELECT status FROM custom_domains")
     assert [row[0] for row in rows] == ["failed"]
     version = await _execute(registry_url, "SELECT version FROM registry_version")

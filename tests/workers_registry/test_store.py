@@ -320,11 +320,14 @@ async def test_lookup_domain_is_a_single_statement(store: RegistryStore) -> None
     def record(*args: Any) -> None:
         statements.append(args[2])
 
-    event.listen(store.engine.sync_engine, "before_cursor_execute", record)
+    engines = [engine.sync_engine for engine in store.engines]
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
     try:
         found = await store.lookup_domain("shop.example.org")
     finally:
-        event.remove(store.engine.sync_engine, "before_cursor_execute", record)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
 
     assert found is not None
     assert len(statements) == 1, statements
@@ -555,8 +558,14 @@ async def test_changes_are_notified_to_listeners(
 
     received = [await asyncio.wait_for(notifications.get(), 5) for _ in range(4)]
 
-    # One notification per transaction, carrying the sequence number it reached.
-    assert received == [{"seq": 1}, {"seq": 2}, {"seq": 3}, {"seq": 4}]
+    # One notification per transaction, carrying the sequence number it reached and (small
+    # transactions) its changes.
+    assert [(payload["seq"], payload["changes"]) for payload in received] == [
+        (1, [["workers", "shop", "insert"]]),
+        (2, [["custom_domains", "shop.example.org", "insert"]]),
+        (3, [["custom_domains", "shop.example.org", "update"]]),
+        (4, [["custom_domains", "shop.example.org", "delete"]]),
+    ]
 
 
 @pytest.mark.postgres
@@ -574,7 +583,10 @@ async def test_a_failed_write_notifies_nothing(
     received = [await asyncio.wait_for(notifications.get(), 5) for _ in range(2)]
 
     # Notifications arrive in commit order: nothing came between the two successful writes.
-    assert received == [{"seq": 1}, {"seq": 2}]
+    assert [(payload["seq"], payload["changes"]) for payload in received] == [
+        (1, [["workers", "shop", "insert"]]),
+        (2, [["workers", "blog", "insert"]]),
+    ]
 
 
 # -- failures ------------------------------------------------------------------------------
@@ -657,3 +669,27 @@ async def test_store_fails_fast_while_postgres_is_down_and_recovers(
         worker = await store.get_worker("shop")
 
     assert worker is not None
+
+
+@pytest.mark.postgres
+async def test_lookups_survive_a_database_restart_without_an_error(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    await upgrade(postgres_url)
+    async with RegistryStore.from_url(postgres_url) as store:
+        await store.add_worker(shop())
+        await store.add_domain(domain("shop.example.org"))
+        # The lookups' pool now holds connections opened before the restart (it does not
+        # ping them before use).
+        await asyncio.gather(*(store.lookup_domain("shop.example.org") for _ in range(3)))
+        postgres_server.stop()
+        postgres_server.start()
+
+        # Each read finds its connection dropped, and is retried once on a new one.
+        found = await store.lookup_domain("shop.example.org")
+        changes = await store.changes_after(0)
+        version = await store.version()
+
+    assert found is not None and found.worker == "shop"
+    assert [change.key for change in changes] == ["shop", "shop.example.org"]
+    assert version == 2

@@ -1,0 +1,29 @@
+"""Fixtures of the registry tests: a migrated store and a started dispatcher state on it, on
+both backends (``registry_url``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from dispatcher.state import DispatcherState
+from tests.workers_registry.registry_kit import start
+from workers_registry.migrate import upgrade
+from workers_registry.store import RegistryStore
+
+
+@pytest.fixture
+async def store(registry_url: str) -> AsyncIterator[RegistryStore]:
+    await upgrade(registry_url)
+    registry = RegistryStore.from_url(registry_url)
+    yield registry
+    await registry.aclose()
+
+
+@pytest.fixture
+async def gateway(store: RegistryStore) -> AsyncIterator[DispatcherState]:
+    state = start(store.engine.url.render_as_string(hide_password=False))
+    await state.startup()
+    yield state
+    await state.shutdown()

@@ -1,0 +1,105 @@
+"""What the change-log and follower tests share: plain SQL, a wired dispatcher state, waits.
+
+The follower under test is the one a dispatcher runs (``DispatcherState.startup`` wires it to
+the routing table, the upstream selector and the custom-domain cache), driven by explicit
+``refresh()`` calls (a long poll interval) so each test decides when changes are applied.
+The fixtures ``store`` and ``gateway`` are in this package's ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from sqlalchemy.engine import Connection
+
+from dispatcher.app import create_app
+from dispatcher.errors import RoutingError
+from dispatcher.settings import Settings
+from dispatcher.state import DispatcherState
+from workers_registry.migrate import alembic_config
+from workers_registry.store import RegistryStore, create_registry_engine
+
+BASE = "example.com"
+
+
+async def sql(store: RegistryStore, *statements: str) -> None:
+    """Run ``statements`` in one transaction, as an operator's plain SQL would."""
+    async with store.engine.begin() as connection:
+        for statement in statements:
+            await connection.execute(sa.text(statement))
+
+
+def add_worker(name: str, upstream: str = "http://10.0.0.1:8080") -> str:
+    return f"INSERT INTO workers (name, upstreams) VALUES ('{name}', '[\"{upstream}\"]')"
+
+
+def add_domain(domain: str, worker: str, status: str = "active") -> str:
+    return (
+        "INSERT INTO custom_domains (domain, worker, status)"
+        f" VALUES ('{domain}', '{worker}', '{status}')"
+    )
+
+
+def settings(url: str, **overrides: Any) -> Settings:
+    options: dict[str, Any] = {
+        "database_url": url,
+        "base_domains": [BASE],
+        "registry_poll_interval": 3600,  # the tests call refresh() themselves
+        "log_level": "warning",
+    }
+    return Settings(**{**options, **overrides})
+
+
+def start(url: str, **overrides: Any) -> DispatcherState:
+    """A dispatcher's state (what its lifespan starts), wired as ``create_app`` wires it."""
+    return create_app(settings(url, **overrides)).state
+
+
+async def route(gateway: DispatcherState, host: str) -> str:
+    """Where a request to ``host`` goes: the worker's name, or the error code."""
+    try:
+        found = await gateway.route(host, b"/", b"", "GET")
+    except RoutingError as exc:
+        return exc.code
+    return "control" if found is None else found.worker.name
+
+
+def follower(gateway: DispatcherState) -> Any:
+    assert gateway.follower is not None
+    return gateway.follower
+
+
+def statements_of(store: RegistryStore) -> list[str]:
+    """Every SQL statement ``store``'s engines send from now on, recorded in order."""
+    sent: list[str] = []
+    for engine in store.engines:
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
+    return sent
+
+
+async def until(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def migrate_to(url: str, revision: str, *, down: bool = False) -> None:
+    """Upgrade (or downgrade) the registry at ``url`` to ``revision``."""
+
+    def run(connection: Connection) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+    engine = create_registry_engine(url, pooled=False)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(run)
+    finally:
+        await engine.dispose()
