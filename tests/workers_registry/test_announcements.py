@@ -307,7 +307,7 @@ async def test_announced_changes_are_applied_without_reading_the_log(
     follower(deaf).heard(announcement)
     await follower(deaf).refresh(poll=False)  # as the notification's wake-up does
 
-    assert deaf.table.workers["blog"].upstreams == ["http://10.0.0.7:8080"]
+    assert deaf.table.workers["blog"].upstreams == ("http://10.0.0.7:8080",)
     assert await route(deaf, "shop.example.org") == "blog"
     assert follower(deaf).applied == announcement.seq
     assert _log_reads(sent) == 0  # the keys came with the notification
