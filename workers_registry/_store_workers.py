@@ -27,7 +27,8 @@ from workers_registry.tables import REGISTRY_VERSION_ID, registry_version, worke
 _VERSION_QUERY = sa.select(registry_version.c.version).where(
     registry_version.c.id == REGISTRY_VERSION_ID
 )
-#: Rows a full load reads and validates between two turns of the event loop (~5 ms).
+#: Rows a full load reads and validates between two turns of the event loop (~1.2 ms of CPU
+#: as lean entries, ~5 ms as pydantic models).
 LOAD_CHUNK = 250
 _LOAD_QUERY = (
     sa.select(*_ENTRY_COLUMNS).order_by(workers.c.name).execution_options(yield_per=LOAD_CHUNK)

@@ -394,11 +394,11 @@ class RegistryFollower:
 
     async def _follow(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
-                poll = self._ask
-            except TimeoutError:
-                poll = True  # the version poll
+            poll = True  # unless woken first: the version poll
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
+                    poll = self._ask
             self._wake.clear()
             self._ask = False
             try:
