@@ -129,12 +129,12 @@ def test_a_barrage_of_forged_notifications_leaves_a_dispatcher_following(
                     return await store.version()
 
             registry = run_async(version())
-            wait_until(
-                lambda: _snapshot(process.url)["confirmed_seq"] == registry,
-                timeout=10,
-                what="the follower confirmed at the registry's version",
-            )
-            snapshot = _snapshot(process.url)
-            assert snapshot["applied_seq"] == snapshot["head_seq"] == registry
+
+            def settled() -> bool:
+                snapshot = _snapshot(process.url)
+                held = (snapshot["applied_seq"], snapshot["head_seq"], snapshot["confirmed_seq"])
+                return held == (registry, registry, registry)
+
+            wait_until(settled, timeout=10, what="applied, head and confirmed at the registry's")
             assert process.proc is not None and process.proc.poll() is None
         assert b"Traceback" not in process.output, process.output.decode(errors="replace")[-3000:]
