@@ -168,6 +168,7 @@ class DispatcherState:
             "applied_seq": follower.applied,
             "head_seq": follower.head,
             "confirmed_seq": follower.confirmed,
+            "announcements_refuted": follower.refuted,
             "lag": follower.lag,
             "lag_seconds": round(follower.lag_seconds, 3),
             "workers": len(self.table.workers),

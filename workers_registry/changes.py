@@ -25,10 +25,11 @@ Announcements that carry their changes (``workers_registry.announcements``): whe
 after the applied sequence names its entries, they are applied without reading the log, so a
 small change costs a process one read of the changed row (none when it holds nothing of
 it). Those entries are *confirmed* against the log afterwards, in one read per
-``poll_interval`` (or per ``_CONFIRM_AT`` entries): a payload the log does not bear out (a
-forged ``NOTIFY``, a bug) ends in a resync, logged as ``registry_announcement_unconfirmed``;
-the keys a confirmed one named are read once more then (the row read when it arrived may
-predate its entry: a forged announcement can name the next key before that change commits).
+``poll_interval`` (or per ``_CONFIRM_AT`` entries), and the keys they named are read once
+more then (the row read when one arrived may predate its entry: a forged announcement can
+name the next key before that change commits). Where the log does not bear a payload out (a
+forged ``NOTIFY``, a bug: ``registry_announcement_unconfirmed``, counted in ``refuted``), the
+applied sequence steps back to the last entry it did and the log is followed from there.
 
 Entries older than ``retention`` seconds are pruned (by every process, cheaply, every
 ``prune_interval`` seconds). When the registry cannot be reached, what is in memory stays in
@@ -125,6 +126,7 @@ class RegistryFollower:
         self.reloads = 0  # full loads, the first one included
         self.resyncs = 0  # full loads after the first: the log could not bridge the gap
         self.changes_applied = 0
+        self.refuted = 0  # announcements the log did not bear out (forged, or a bug)
 
     @property
     def lag(self) -> int:
@@ -190,6 +192,7 @@ class RegistryFollower:
                     time.monotonic() - self._confirmed_at >= self._poll_interval
                 ):
                     await self._confirm()
+                    await self._catch_up(poll=False)  # what the log holds past a step back
                 await self._prune()
             except RegistryUnavailable:
                 if self.healthy:
@@ -207,6 +210,7 @@ class RegistryFollower:
         async with self._lock:
             try:
                 await self._confirm()
+                await self._catch_up(poll=False)
             except RegistryUnavailable:
                 return False
         return True
@@ -226,9 +230,13 @@ class RegistryFollower:
                 return
             # Ask (the poll).
             version = await self._store.version()
-            if version < self.applied:  # the database was replaced or restored
-                await self._load(resync=True)
-                return
+            if version < self.applied:
+                if not (self._unconfirmed and self.confirmed <= version):
+                    await self._load(resync=True)  # the database was replaced or restored
+                    return
+                # Announcements took this process past the registry: keep what the log
+                # bears out, and follow the log from there.
+                await self._confirm()
             self._saw(version)
         while self.head > self.applied:
             announced = self._next_announced()
@@ -269,12 +277,15 @@ class RegistryFollower:
         return None
 
     async def _confirm(self) -> None:
-        """Check the entries applied from announcements against the log; if the log does
-        not bear them out, resync.
+        """Check the entries applied from announcements against the log.
 
         The keys they named are read again once the log holds their entries: a row read when
         an announcement arrived may predate its entry (a forged one that named the next key
-        before the real change committed), and the log alone cannot tell.
+        before the real change committed), and the log alone cannot tell. Where the log does
+        not bear an announcement out, the applied sequence steps back to the last entry it
+        did, and the log is followed from there (the caller catches up): nothing an
+        announcement carried was installed as such (every key it named was read from the
+        registry), so only the entries it hid need applying, and no full load is needed.
         """
         announced: list[Change] = []
         while self.confirmed < self.applied:
@@ -298,8 +309,11 @@ class RegistryFollower:
                 confirmed_seq=self.confirmed,
                 applied_seq=self.applied,
             )
-            await self._load(resync=True)
-            return
+            self.refuted += 1
+            self._announced.clear()
+            self.applied = self.confirmed  # (head stays ahead: the log is read from here)
+            self._behind_since = time.monotonic()
+            break
         self._unconfirmed.clear()
         self._confirmed_at = time.monotonic()
         if announced:
