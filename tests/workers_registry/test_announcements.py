@@ -118,6 +118,16 @@ async def _announcement(store: RegistryStore, after: int) -> Announcement:
             id="a key that is not text",
         ),
         pytest.param(
+            '{"seq": 7, "first": 7, "changes": [[["workers"], "a", "insert"]]}',
+            Announcement(7),
+            id="a table that is a list",
+        ),
+        pytest.param(
+            '{"seq": 7, "first": 7, "changes": [["workers", "a", {"op": "insert"}]]}',
+            Announcement(7),
+            id="an operation that is an object",
+        ),
+        pytest.param(
             '{"seq": 7, "first": 7, "changes": [["workers", "a"]]}',
             Announcement(7),
             id="a short entry",
