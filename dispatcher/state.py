@@ -29,6 +29,7 @@ from dispatcher.hosts import normalize_wire_host
 from dispatcher.logging import batched_logs
 from dispatcher.metrics import LoopLagProbe, Metrics, StateReading
 from dispatcher.onboarding import DomainVerifier, OnboardingMetrics
+from dispatcher.proxy.headers import TrustPolicy
 from dispatcher.proxy.transport import UpstreamTransport
 from dispatcher.proxy.upstreams import UpstreamSelector
 from dispatcher.ratelimit import RateLimiter
@@ -51,7 +52,11 @@ class DispatcherState:
     """One dispatcher process's state and lifecycle (the control plane's ``ControlState``)."""
 
     def __init__(
-        self, settings: Settings, transport: UpstreamTransport, selector: UpstreamSelector
+        self,
+        settings: Settings,
+        transport: UpstreamTransport,
+        selector: UpstreamSelector,
+        trust: TrustPolicy,
     ) -> None:
         self.settings = settings
         self.transport = transport
@@ -69,7 +74,7 @@ class DispatcherState:
         if settings.loop_lag_probe:
             self.loop_lag = LoopLagProbe()
             self.metrics.registry.register(self.loop_lag)
-        self.limiter = RateLimiter(settings)
+        self.limiter = RateLimiter(settings, trust)
         self.metrics.registry.register(self.limiter)
         self.onboarding_metrics = OnboardingMetrics()
         self.metrics.registry.register(self.onboarding_metrics)
