@@ -8,7 +8,9 @@
   is remembered for ``error_ttl`` seconds so an outage does not cost one timeout per request;
 - per-host changes: ``refresh(hosts)`` (the registry's change log) re-reads the changed hosts
   that are cached, in one query per thousand, and forgets the others; every other host keeps
-  its entry. A lookup that was in flight for a changed host does not write its answer.
+  its entry. A lookup that was in flight for a changed host does not write its answer;
+  ``refresh(None)`` (a resync: any host may have changed) re-reads every cached host, and no
+  lookup in flight and no remembered failure survives it.
 
 The resolver knows nothing about HTTP; routing decides what an answer means.
 """
@@ -98,10 +100,10 @@ class CustomDomainResolver:
         self._clock = clock
         self._cache: _LRU[_Entry] = _LRU(maxsize)
         self._failed: _LRU[float] = _LRU(min(maxsize, 10_000))
+        # A lookup writes its answer only while it is still the one in flight for its host:
+        # a change to the host (``refresh``) drops it from here, so an answer read before the
+        # change is never cached.
         self._inflight: dict[str, asyncio.Task[DomainAnswer]] = {}
-        # Bumped by every invalidation: a lookup that started before it must not write its
-        # (possibly outdated) answer into the cache.
-        self._generation = 0
         self.hits = 0
         self.misses = 0
         self.queries = 0
@@ -140,22 +142,6 @@ class CustomDomainResolver:
             pending.add_done_callback(lambda done: self._forget(host, done))
         return await asyncio.shield(pending)
 
-    def invalidate(self, host: str | None = None) -> None:
-        """Forget ``host`` (or everything) so the next request asks the registry.
-
-        A lookup in flight for a forgotten host does not write its answer; the lookups of
-        other hosts are not disturbed.
-        """
-        if host is None:
-            self._generation += 1
-            self._cache.clear()
-            self._failed.clear()
-            self._inflight.clear()
-        else:
-            self._cache.pop(host, None)
-            self._failed.pop(host, None)
-            self._inflight.pop(host, None)
-
     async def refresh(self, hosts: Collection[str] | None) -> None:
         """The registry changed ``hosts`` (``None``: any host): re-read those that are cached.
 
@@ -163,13 +149,17 @@ class CustomDomainResolver:
         request asks. Raises
         ``RegistryUnavailable`` (the cached entries stay, stale) if the registry cannot answer.
         """
-        changed = list(self._cache) if hosts is None else hosts
-        cached: list[str] = []
-        for host in changed:
-            self._failed.pop(host, None)
-            self._inflight.pop(host, None)  # its answer may predate the change
-            if host in self._cache:
-                cached.append(host)
+        if hosts is None:  # any host: no lookup in flight may write, no failure stands
+            self._inflight.clear()
+            self._failed.clear()
+            cached = list(self._cache)
+        else:
+            cached = []
+            for host in hosts:
+                self._failed.pop(host, None)
+                self._inflight.pop(host, None)  # its answer may predate the change
+                if host in self._cache:
+                    cached.append(host)
         if not cached:
             return
         self.queries += 1  # one call, which the store splits into as many queries as it needs
@@ -185,7 +175,6 @@ class CustomDomainResolver:
             del self._inflight[host]
 
     async def _refresh(self, host: str) -> DomainAnswer:
-        generation = self._generation
         now = self._clock()
         stale = self._cache.get(host)
         if self._failed.get(host, 0.0) > now:
@@ -200,7 +189,7 @@ class CustomDomainResolver:
                 return stale.answer
             _log.warning("domain_lookup_failed", host=host)
             return UNAVAILABLE
-        if generation == self._generation and self._inflight.get(host) is asyncio.current_task():
+        if self._inflight.get(host) is asyncio.current_task():
             ttl = self._ttl if answer is not None else self._negative_ttl
             self._cache[host] = _Entry(answer, self._clock() + ttl)
             self._failed.pop(host, None)

@@ -357,53 +357,64 @@ async def test_least_recently_used_host_is_evicted_first(registry: Registry, clo
     assert registry.calls == ["b.example.org"]
 
 
-# --- invalidation ---------------------------------------------------------------------------
+# --- changes (the follower's refresh) ---------------------------------------------------------
 
 
-async def test_invalidate_host_forgets_only_that_host(registry: Registry, clock: Clock) -> None:
+async def test_a_change_to_one_host_re_reads_it_in_place_and_no_other(
+    registry: Registry, clock: Clock
+) -> None:
     resolver = make_resolver(registry, clock)
     other = "other.example.org"
     await resolver.resolve(HOST)
     await resolver.resolve(other)
     registry.records[HOST] = make_domain(worker="blog")
-    resolver.invalidate(HOST)
-    assert await resolver.resolve(HOST) == make_domain(worker="blog")
-    assert await resolver.resolve(other) is None
+
+    await resolver.refresh([HOST])
+
+    assert resolver.cached(HOST) == make_domain(worker="blog")  # replaced, still cached
+    assert resolver.cached(other) is None  # the negative answer kept
     assert registry.calls == [HOST, other, HOST]
+    assert resolver.misses == 2  # the refresh is not a miss
 
 
-async def test_invalidate_everything_forgets_every_host(registry: Registry, clock: Clock) -> None:
+async def test_a_change_to_any_host_re_reads_every_cached_one(
+    registry: Registry, clock: Clock
+) -> None:
     resolver = make_resolver(registry, clock)
     other = "other.example.org"
     await resolver.resolve(HOST)
     await resolver.resolve(other)
-    resolver.invalidate()
-    assert len(resolver) == 0
-    await resolver.resolve(HOST)
-    await resolver.resolve(other)
+    registry.records[other] = make_domain(domain=other)
+
+    await resolver.refresh(None)
+
+    assert len(resolver) == 2  # not emptied
+    assert resolver.cached(other) == make_domain(domain=other)
     assert registry.calls == [HOST, other, HOST, other]
 
 
 @pytest.mark.parametrize("everything", [False, True], ids=["one-host", "everything"])
-async def test_invalidate_forgets_a_remembered_failure(
+async def test_a_change_forgets_a_remembered_failure(
     registry: Registry, clock: Clock, everything: bool
 ) -> None:
     resolver = make_resolver(registry, clock)
     registry.down = True
-    await resolver.resolve(HOST)
+    await resolver.resolve(HOST)  # remembered for ERROR_TTL
     registry.down = False
-    resolver.invalidate(None if everything else HOST)
+
+    await resolver.refresh(None if everything else [HOST])
+
     assert await resolver.resolve(HOST) == make_domain()
     assert registry.calls == [HOST, HOST]
 
 
 @pytest.mark.parametrize("everything", [False, True], ids=["one-host", "everything"])
-async def test_invalidate_during_a_lookup_keeps_the_old_answer_out_of_the_cache(
+async def test_a_change_during_a_lookup_keeps_the_old_answer_out_of_the_cache(
     registry: Registry, clock: Clock, everything: bool
 ) -> None:
-    # A change notification that arrives while a lookup is on its way back must win: the
-    # answer read before the change may serve the requests already waiting for it, but must
-    # not be cached for a whole TTL (changes are live within 1 s, README, "Registry and changes").
+    # A change that arrives while a lookup is on its way back must win: the answer read
+    # before the change may serve the requests already waiting for it, but must not be cached
+    # for a whole TTL (changes are live within 1 s, README, "Registry and changes").
     resolver = make_resolver(registry, clock)
     registry.gate = anyio.Event()
     answers: list[object] = []
@@ -415,7 +426,7 @@ async def test_invalidate_during_a_lookup_keeps_the_old_answer_out_of_the_cache(
         tg.start_soon(ask)
         await anyio.wait_all_tasks_blocked()
         registry.records[HOST] = make_domain(status="failed")
-        resolver.invalidate(None if everything else HOST)
+        await resolver.refresh(None if everything else [HOST])
         registry.gate.set()
 
     assert answers == [make_domain()]
@@ -423,7 +434,8 @@ async def test_invalidate_during_a_lookup_keeps_the_old_answer_out_of_the_cache(
     assert registry.calls == [HOST, HOST]
 
 
-async def test_invalidate_of_an_unknown_host_is_harmless(registry: Registry, clock: Clock) -> None:
+async def test_a_change_to_an_unknown_host_asks_nothing(registry: Registry, clock: Clock) -> None:
     resolver = make_resolver(registry, clock)
-    resolver.invalidate("never.example.org")
+    await resolver.refresh(["never.example.org"])
+    assert registry.calls == []
     assert await resolver.resolve(HOST) == make_domain()
