@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -100,14 +99,6 @@ def test_domains_are_normalised_and_default_to_pending() -> None:
 
 
 # -- the store -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def store(registry_url: str) -> AsyncIterator[RegistryStore]:
-    await upgrade(registry_url)
-    registry = RegistryStore.from_url(registry_url)
-    yield registry
-    await registry.aclose()
 
 
 @pytest.mark.anyio
