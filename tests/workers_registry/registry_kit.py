@@ -9,9 +9,12 @@ The fixtures ``store`` and ``gateway`` are in this package's ``conftest.py``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from alembic import command
 from sqlalchemy.engine import Connection
@@ -22,6 +25,7 @@ from dispatcher.settings import Settings
 from dispatcher.state import DispatcherState
 from workers_registry.migrate import alembic_config
 from workers_registry.store import RegistryStore, create_registry_engine
+from workers_registry.tables import REGISTRY_CHANNEL
 
 BASE = "example.com"
 
@@ -87,6 +91,27 @@ async def until(condition: Callable[[], object], what: str, timeout: float = 10.
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def announced(postgres_url: str) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every payload announced on the registry channel from now on, parsed, in order (a raw
+    asyncpg LISTENer of its own, not the dispatcher's)."""
+    received: list[dict[str, Any]] = []
+    listener = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg", "postgresql"))
+    await listener.add_listener(
+        REGISTRY_CHANNEL, lambda *args: received.append(json.loads(args[3]))
+    )
+    try:
+        yield received
+    finally:
+        await listener.close()
+
+
+async def announced_up_to(store: RegistryStore, received: list[dict[str, Any]]) -> None:
+    """Wait until the last payload in ``received`` announces the registry's version."""
+    version = await store.version()
+    await until(lambda: received and received[-1]["seq"] == version, "the announcement")
 
 
 async def migrate_to(url: str, revision: str, *, down: bool = False) -> None:

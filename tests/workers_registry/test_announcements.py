@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -24,6 +22,7 @@ from tests.workers_registry.registry_kit import (
     BASE,
     add_domain,
     add_worker,
+    announced_up_to,
     follower,
     migrate_to,
     route,
@@ -35,7 +34,6 @@ from tests.workers_registry.registry_kit import (
 from workers_registry.announcements import Announcement, read_announcement
 from workers_registry.migrate import upgrade
 from workers_registry.store import Change, RegistryStore
-from workers_registry.tables import REGISTRY_CHANNEL
 
 pytestmark = pytest.mark.anyio
 
@@ -165,24 +163,6 @@ def test_any_payload_is_read_without_error_and_consistently(
 # -- what Postgres announces -----------------------------------------------------------------
 
 
-@pytest.fixture
-async def heard(postgres_url: str) -> AsyncIterator[list[dict[str, Any]]]:
-    """Every payload announced on the registry channel of a migrated Postgres registry."""
-    await upgrade(postgres_url)
-    received: list[dict[str, Any]] = []
-    listener = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg", "postgresql"))
-    await listener.add_listener(
-        REGISTRY_CHANNEL, lambda *args: received.append(json.loads(args[3]))
-    )
-    yield received
-    await listener.close()
-
-
-async def _heard_up_to(store: RegistryStore, received: list[dict[str, Any]]) -> None:
-    version = await store.version()
-    await until(lambda: received and received[-1]["seq"] == version, "the announcement")
-
-
 @pytest.mark.postgres
 async def test_a_small_transaction_announces_exactly_its_log_entries(
     postgres_url: str, heard: list[dict[str, Any]]
@@ -191,7 +171,7 @@ async def test_a_small_transaction_announces_exactly_its_log_entries(
         await sql(store, add_worker("shop"), add_domain("shop.example.org", "shop"))
         # A rename: the new key, the old one and the domain the cascade moved.
         await sql(store, "UPDATE workers SET name = 'store' WHERE name = 'shop'")
-        await _heard_up_to(store, heard)
+        await announced_up_to(store, heard)
         log = await store.changes_after(0)
 
     carried = [
@@ -216,7 +196,7 @@ async def test_a_rolled_back_savepoint_is_not_announced(
             await connection.exec_driver_sql(add_worker("ghost"))
             await savepoint.rollback()
             await connection.exec_driver_sql(add_worker("blog"))
-        await _heard_up_to(store, heard)
+        await announced_up_to(store, heard)
 
     assert heard[-1] == {"seq": 2, "first": 2, "changes": [["workers", "blog", "insert"]]}
 
@@ -234,7 +214,7 @@ async def test_a_transaction_of_many_rows_is_announced_by_its_sequence_alone(
         )
         long_key = "x" * 300 + ".example.org"
         await sql(store, *(add_domain(f"{i}{long_key}", "shop") for i in range(30)))
-        await _heard_up_to(store, heard)
+        await announced_up_to(store, heard)
 
     # 33 rows: over the count; 30 long keys: over the size Postgres allows a payload.
     assert heard == [{"seq": 33}, {"seq": 63}]
@@ -256,7 +236,7 @@ async def test_a_hostile_session_setting_never_breaks_a_commit(
             )
             await connection.exec_driver_sql(add_worker("blog"))
             await connection.exec_driver_sql(add_worker("docs"))
-        await _heard_up_to(store, heard)
+        await announced_up_to(store, heard)
         log = await store.changes_after(1)
 
     assert [change.key for change in log] == ["blog", "docs"]  # committed, and logged
@@ -273,7 +253,7 @@ async def test_a_downgrade_to_0004_announces_the_sequence_alone_again(
     await migrate_to(postgres_url, "0004", down=True)
     async with RegistryStore.from_url(postgres_url) as store:
         await sql(store, add_worker("shop"))
-        await _heard_up_to(store, heard)
+        await announced_up_to(store, heard)
 
     assert heard == [{"seq": 1}]
 

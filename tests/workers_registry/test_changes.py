@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from typing import Any
 
-import asyncpg
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, example, given
@@ -20,6 +18,8 @@ from tests.workers_registry.registry_kit import (
     BASE,
     add_domain,
     add_worker,
+    announced,
+    announced_up_to,
     follower,
     route,
     sql,
@@ -29,7 +29,6 @@ from tests.workers_registry.registry_kit import (
 )
 from workers_registry.migrate import upgrade
 from workers_registry.store import Change, RegistryStore
-from workers_registry.tables import REGISTRY_CHANNEL
 
 pytestmark = pytest.mark.anyio
 
@@ -99,32 +98,24 @@ async def test_prune_drops_only_entries_older_than_the_retention(store: Registry
 @pytest.mark.postgres
 async def test_a_bulk_change_of_100k_rows_sends_one_notification(postgres_url: str) -> None:
     await upgrade(postgres_url)
-    received: list[str] = []
-    listener = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg", "postgresql"))
-    await listener.add_listener(REGISTRY_CHANNEL, lambda *args: received.append(args[3]))
-    try:
-        async with RegistryStore.from_url(postgres_url) as store:
-            await sql(
-                store,
-                add_worker("shop"),
-                "INSERT INTO custom_domains (domain, worker, status)"
-                " SELECT 'd' || i || '.example.org', 'shop', 'active'"
-                " FROM generate_series(1, 50000) AS i",
-                "INSERT INTO custom_domains (domain, worker, status)"
-                " SELECT 'e' || i || '.example.org', 'shop', 'active'"
-                " FROM generate_series(1, 50000) AS i",
-            )
-            await sql(store, add_worker("marker"))  # a later transaction, to wait for
-            deadline = asyncio.get_running_loop().time() + 10
-            while len(received) < 2 and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.01)
-            assert await store.version() == 100_002
-    finally:
-        await listener.close()
+    async with announced(postgres_url) as received, RegistryStore.from_url(postgres_url) as store:
+        await sql(
+            store,
+            add_worker("shop"),
+            "INSERT INTO custom_domains (domain, worker, status)"
+            " SELECT 'd' || i || '.example.org', 'shop', 'active'"
+            " FROM generate_series(1, 50000) AS i",
+            "INSERT INTO custom_domains (domain, worker, status)"
+            " SELECT 'e' || i || '.example.org', 'shop', 'active'"
+            " FROM generate_series(1, 50000) AS i",
+        )
+        await sql(store, add_worker("marker"))  # a later transaction, to wait for
+        await announced_up_to(store, received)
+        assert await store.version() == 100_002
 
     # The bulk transaction is announced by its sequence alone (too many changes to carry);
     # the small one carries its change.
-    assert [json.loads(payload) for payload in received] == [
+    assert received == [
         {"seq": 100_001},
         {"seq": 100_002, "first": 100_002, "changes": [["workers", "marker", "insert"]]},
     ]
