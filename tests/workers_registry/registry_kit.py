@@ -23,7 +23,7 @@ from dispatcher.app import create_app
 from dispatcher.errors import RoutingError
 from dispatcher.settings import Settings
 from dispatcher.state import DispatcherState
-from workers_registry.migrate import alembic_config
+from workers_registry.migrate import alembic_config, upgrade
 from workers_registry.store import RegistryStore, create_registry_engine
 from workers_registry.tables import REGISTRY_CHANNEL
 
@@ -48,6 +48,36 @@ def add_domain(domain: str, worker: str, status: str = "active") -> str:
     )
 
 
+def write(operation: tuple[str, ...]) -> list[str]:
+    """The SQL of one write of the property tests: ``("add_worker", name[, upstream])``,
+    ``("set_upstream", name, upstream)``, ``("toggle", name)``, ``("rename", old, new)``,
+    ``("remove_worker", name)``, ``("add_domain", host, worker[, status])``,
+    ``("set_status", host, status)``, ``("move_domain", host, worker)``,
+    ``("remove_domain", host)``, ``("remove_all_domains",)``; nothing for anything else."""
+    match operation:
+        case ("add_worker", name, *upstream):
+            return [add_worker(name, *upstream)]
+        case ("set_upstream", name, upstream):
+            return [f"UPDATE workers SET upstreams = '[\"{upstream}\"]' WHERE name = '{name}'"]
+        case ("toggle", name):
+            return [f"UPDATE workers SET enabled = NOT enabled WHERE name = '{name}'"]
+        case ("rename", old, new):
+            return [f"UPDATE workers SET name = '{new}' WHERE name = '{old}'"]
+        case ("remove_worker", name):
+            return [f"DELETE FROM workers WHERE name = '{name}'"]
+        case ("add_domain", host, worker, *status):
+            return [add_domain(host, worker, *status)]
+        case ("set_status", host, status):
+            return [f"UPDATE custom_domains SET status = '{status}' WHERE domain = '{host}'"]
+        case ("move_domain", host, worker):
+            return [f"UPDATE custom_domains SET worker = '{worker}' WHERE domain = '{host}'"]
+        case ("remove_domain", host):
+            return [f"DELETE FROM custom_domains WHERE domain = '{host}'"]
+        case ("remove_all_domains",):
+            return ["DELETE FROM custom_domains"]
+    return []
+
+
 def settings(url: str, **overrides: Any) -> Settings:
     options: dict[str, Any] = {
         "database_url": url,
@@ -70,6 +100,32 @@ async def route(gateway: DispatcherState, host: str) -> str:
     except RoutingError as exc:
         return exc.code
     return "control" if found is None else found.worker.name
+
+
+async def assert_as_a_full_reload(
+    gateway: DispatcherState, url: str, hosts: tuple[str, ...] = ()
+) -> None:
+    """``gateway`` holds the workers a dispatcher started on ``url`` now loads, and routes each
+    of ``hosts`` as it does."""
+    reloaded = start(url)
+    await reloaded.startup()
+    try:
+        assert gateway.table.workers == reloaded.table.workers
+        for host in hosts:
+            assert await route(gateway, host) == await route(reloaded, host), host
+    finally:
+        await reloaded.shutdown()
+
+
+_upgraded: set[str] = set()
+
+
+def upgrade_once(url: str) -> None:
+    """Migrate the registry at ``url`` unless this process did already (a property test's
+    examples share one database; each test's is a fresh one with a URL of its own)."""
+    if url not in _upgraded:
+        asyncio.run(upgrade(url))
+        _upgraded.add(url)
 
 
 def follower(gateway: DispatcherState) -> Any:

@@ -20,12 +20,15 @@ from tests.workers_registry.registry_kit import (
     add_worker,
     announced,
     announced_up_to,
+    assert_as_a_full_reload,
     follower,
     route,
     sql,
     start,
     statements_of,
     until,
+    upgrade_once,
+    write,
 )
 from workers_registry.migrate import upgrade
 from workers_registry.store import Change, RegistryStore
@@ -309,31 +312,6 @@ _operations = st.one_of(
 )
 
 
-def _statements(operation: tuple[str, ...]) -> list[str]:
-    match operation:
-        case ("add_worker", name, upstream):
-            return [add_worker(name, upstream)]
-        case ("set_upstream", name, upstream):
-            return [f"UPDATE workers SET upstreams = '[\"{upstream}\"]' WHERE name = '{name}'"]
-        case ("toggle", name):
-            return [f"UPDATE workers SET enabled = NOT enabled WHERE name = '{name}'"]
-        case ("rename", old, new):
-            return [f"UPDATE workers SET name = '{new}' WHERE name = '{old}'"]
-        case ("remove_worker", name):
-            return [f"DELETE FROM workers WHERE name = '{name}'"]
-        case ("add_domain", host, worker, status):
-            return [add_domain(host, worker, status)]
-        case ("set_status", host, status):
-            return [f"UPDATE custom_domains SET status = '{status}' WHERE domain = '{host}'"]
-        case ("move_domain", host, worker):
-            return [f"UPDATE custom_domains SET worker = '{worker}' WHERE domain = '{host}'"]
-        case ("remove_domain", host):
-            return [f"DELETE FROM custom_domains WHERE domain = '{host}'"]
-        case ("remove_all_domains",):
-            return ["DELETE FROM custom_domains"]
-    return []
-
-
 async def _run_property(url: str, operations: list[tuple[str, ...]]) -> None:
     async with RegistryStore.from_url(url) as store:
         await sql(store, "DELETE FROM custom_domains", "DELETE FROM workers")
@@ -349,22 +327,17 @@ async def _run_property(url: str, operations: list[tuple[str, ...]]) -> None:
                         await route(incremental, host)
                 else:
                     with contextlib.suppress(sa.exc.IntegrityError):  # a duplicate, an FK
-                        await sql(store, *_statements(operation))
+                        await sql(store, *write(operation))
             await follower(incremental).refresh()
-            reloaded = start(url)
-            await reloaded.startup()
-            try:
-                assert incremental.table.workers == reloaded.table.workers
-                for host in (*_HOSTS, *(f"{name}.{BASE}" for name in _NAMES)):
-                    assert await route(incremental, host) == await route(reloaded, host), host
-                domains = incremental.domains
-                assert domains is not None
-                for host in _HOSTS:  # every cached answer is the registry's current one
-                    cached = domains.cached(host)
-                    if cached is not False:
-                        assert cached == await store.lookup_domain(host), host
-            finally:
-                await reloaded.shutdown()
+            await assert_as_a_full_reload(
+                incremental, url, (*_HOSTS, *(f"{name}.{BASE}" for name in _NAMES))
+            )
+            domains = incremental.domains
+            assert domains is not None
+            for host in _HOSTS:  # every cached answer is the registry's current one
+                cached = domains.cached(host)
+                if cached is not False:
+                    assert cached == await store.lookup_domain(host), host
         finally:
             await incremental.shutdown()
 
@@ -386,10 +359,5 @@ async def _run_property(url: str, operations: list[tuple[str, ...]]) -> None:
 def test_incremental_apply_gives_what_a_full_reload_gives(
     registry_url: str, operations: list[tuple[str, ...]]
 ) -> None:
-    if not _migrated.get(registry_url):
-        asyncio.run(upgrade(registry_url))
-        _migrated[registry_url] = True
+    upgrade_once(registry_url)
     asyncio.run(_run_property(registry_url, operations))
-
-
-_migrated: dict[str, bool] = {}

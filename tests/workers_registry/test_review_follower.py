@@ -23,15 +23,17 @@ from tests.workers_registry.registry_kit import (
     BASE,
     add_domain,
     add_worker,
+    assert_as_a_full_reload,
     follower,
     route,
     sql,
     start,
     until,
+    upgrade_once,
+    write,
 )
 from workers_registry.announcements import Announcement
 from workers_registry.changes import RegistryFollower
-from workers_registry.migrate import upgrade
 from workers_registry.store import Change, RegistryStore
 
 _NAMES = ("shop", "blog", "docs")
@@ -46,7 +48,7 @@ _writes = st.one_of(
     st.tuples(st.just("add_domain"), st.sampled_from(_HOSTS), st.sampled_from(_NAMES)),
     st.tuples(st.just("move_domain"), st.sampled_from(_HOSTS), st.sampled_from(_NAMES)),
     st.tuples(st.just("remove_domain"), st.sampled_from(_HOSTS)),
-    st.tuples(st.just("truncate_domains")),
+    st.tuples(st.just("remove_all_domains")),
 )
 _network = st.one_of(
     st.tuples(st.just("deliver"), st.integers(0, 30)),  # a queued announcement, maybe again
@@ -57,27 +59,6 @@ _network = st.one_of(
     st.tuples(st.just("confirm")),
     st.tuples(st.just("request"), st.sampled_from(_ALL_HOSTS)),
 )
-
-
-def _statements(write: tuple[str, ...]) -> list[str]:
-    match write:
-        case ("add_worker", name):
-            return [add_worker(name)]
-        case ("toggle", name):
-            return [f"UPDATE workers SET enabled = NOT enabled WHERE name = '{name}'"]
-        case ("rename", old, new):
-            return [f"UPDATE workers SET name = '{new}' WHERE name = '{old}'"]
-        case ("remove_worker", name):
-            return [f"DELETE FROM workers WHERE name = '{name}'"]
-        case ("add_domain", host, worker):
-            return [add_domain(host, worker)]
-        case ("move_domain", host, worker):
-            return [f"UPDATE custom_domains SET worker = '{worker}' WHERE domain = '{host}'"]
-        case ("remove_domain", host):
-            return [f"DELETE FROM custom_domains WHERE domain = '{host}'"]
-        case ("truncate_domains",):
-            return ["DELETE FROM custom_domains"]
-    return []
 
 
 async def _run(url: str, steps: list[tuple[str, ...]]) -> None:
@@ -115,7 +96,7 @@ async def _run(url: str, steps: list[tuple[str, ...]]) -> None:
                     case _ if step[0] not in ("deliver", "drop"):
                         before = await store.version()
                         with contextlib.suppress(sa.exc.IntegrityError):
-                            await sql(store, *_statements(step))
+                            await sql(store, *write(step))
                         changes = tuple(await store.changes_after(before))
                         if changes:
                             queue.append(Announcement(changes[-1].seq, changes))
@@ -125,19 +106,9 @@ async def _run(url: str, steps: list[tuple[str, ...]]) -> None:
             assert await follower(gateway).refresh()
             assert follower(gateway).resyncs <= forged
 
-            reloaded = start(url)
-            await reloaded.startup()
-            try:
-                assert gateway.table.workers == reloaded.table.workers
-                for host in _ALL_HOSTS:
-                    assert await route(gateway, host) == await route(reloaded, host), host
-            finally:
-                await reloaded.shutdown()
+            await assert_as_a_full_reload(gateway, url, _ALL_HOSTS)
         finally:
             await gateway.shutdown()
-
-
-_migrated: set[str] = set()
 
 
 @settings_hypothesis(
@@ -149,9 +120,7 @@ _migrated: set[str] = set()
 def test_any_delivery_of_announcements_ends_where_a_full_reload_does(
     registry_url: str, steps: list[tuple[str, ...]]
 ) -> None:
-    if registry_url not in _migrated:
-        asyncio.run(upgrade(registry_url))
-        _migrated.add(registry_url)
+    upgrade_once(registry_url)
     asyncio.run(_run(registry_url, steps))
 
 

@@ -16,6 +16,7 @@ from tests.workers_registry.registry_kit import (
     BASE,
     add_domain,
     add_worker,
+    assert_as_a_full_reload,
     follower,
     route,
     sql,
@@ -81,11 +82,6 @@ async def test_a_dispatcher_catches_up_after_a_restart_during_churn(
             assert await route(gateway, "a.example.org") == "blog"
             assert await route(gateway, f"blog.{BASE}") == "blog"
 
-            reloaded = start(postgres_url)
-            await reloaded.startup()
-            try:
-                assert gateway.table.workers == reloaded.table.workers
-            finally:
-                await reloaded.shutdown()
+            await assert_as_a_full_reload(gateway, postgres_url)
         finally:
             await gateway.shutdown()
