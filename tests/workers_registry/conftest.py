@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from dispatcher.state import DispatcherState
-from tests.workers_registry.registry_kit import announced, start
+from tests.workers_registry.registry_kit import announced, running
 from workers_registry.migrate import upgrade
 from workers_registry.store import RegistryStore
 
@@ -24,10 +24,8 @@ async def store(registry_url: str) -> AsyncIterator[RegistryStore]:
 
 @pytest.fixture
 async def gateway(store: RegistryStore) -> AsyncIterator[DispatcherState]:
-    state = start(store.engine.url.render_as_string(hide_password=False))
-    await state.startup()
-    yield state
-    await state.shutdown()
+    async with running(store.engine.url.render_as_string(hide_password=False)) as state:
+        yield state
 
 
 @pytest.fixture

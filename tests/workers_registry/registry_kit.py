@@ -93,6 +93,22 @@ def start(url: str, **overrides: Any) -> DispatcherState:
     return create_app(settings(url, **overrides)).state
 
 
+@contextlib.asynccontextmanager
+async def running(
+    url: str, *, deaf: bool = False, **overrides: Any
+) -> AsyncIterator[DispatcherState]:
+    """A dispatcher's state on ``url``, started, and shut down after; ``deaf``: without its
+    Postgres listener, so that it hears only what the test hands it (and what it polls)."""
+    state = start(url, **overrides)
+    await state.startup()
+    try:
+        if deaf and state.listener is not None:
+            await state.listener.aclose()
+        yield state
+    finally:
+        await state.shutdown()
+
+
 async def route(gateway: DispatcherState, host: str) -> str:
     """Where a request to ``host`` goes: the worker's name, or the error code."""
     try:
@@ -107,14 +123,10 @@ async def assert_as_a_full_reload(
 ) -> None:
     """``gateway`` holds the workers a dispatcher started on ``url`` now loads, and routes each
     of ``hosts`` as it does."""
-    reloaded = start(url)
-    await reloaded.startup()
-    try:
+    async with running(url) as reloaded:
         assert gateway.table.workers == reloaded.table.workers
         for host in hosts:
             assert await route(gateway, host) == await route(reloaded, host), host
-    finally:
-        await reloaded.shutdown()
 
 
 _upgraded: set[str] = set()

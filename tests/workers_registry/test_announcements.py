@@ -26,8 +26,8 @@ from tests.workers_registry.registry_kit import (
     follower,
     migrate_to,
     route,
+    running,
     sql,
-    start,
     statements_of,
     until,
 )
@@ -367,9 +367,7 @@ async def test_a_running_dispatcher_applies_notified_changes_without_reading_the
     postgres_url: str,
 ) -> None:
     await upgrade(postgres_url)
-    app = start(postgres_url)
-    await app.startup()
-    try:
+    async with running(postgres_url) as app:
         assert app.store is not None
         sent = statements_of(app.store)
         async with RegistryStore.from_url(postgres_url) as writer:
@@ -383,8 +381,6 @@ async def test_a_running_dispatcher_applies_notified_changes_without_reading_the
         assert await follower(app).confirm()
         assert follower(app).confirmed == 2
         assert follower(app).resyncs == 0
-    finally:
-        await app.shutdown()
 
 
 async def test_a_flood_of_announcements_keeps_a_bounded_memory(
@@ -422,11 +418,8 @@ async def test_a_sequence_announced_beyond_the_registry_costs_no_resync(
 async def test_a_forged_announcement_is_corrected_by_itself_within_the_poll_interval(
     store: RegistryStore,
 ) -> None:
-    app = start(store.engine.url.render_as_string(hide_password=False), registry_poll_interval=0.05)
-    await app.startup()
-    try:
-        if app.listener is not None:
-            await app.listener.aclose()
+    url = store.engine.url.render_as_string(hide_password=False)
+    async with running(url, deaf=True, registry_poll_interval=0.05) as app:
         await sql(store, add_worker("shop"))
         await until(lambda: "shop" in app.table.workers, "the poll")
         applied = follower(app).applied
@@ -445,5 +438,3 @@ async def test_a_forged_announcement_is_corrected_by_itself_within_the_poll_inte
         )
         assert follower(app).resyncs == 0
         assert sorted(app.table.workers) == ["shop"]
-    finally:
-        await app.shutdown()

@@ -23,8 +23,8 @@ from tests.workers_registry.registry_kit import (
     assert_as_a_full_reload,
     follower,
     route,
+    running,
     sql,
-    start,
     statements_of,
     until,
     upgrade_once,
@@ -246,9 +246,7 @@ async def test_a_listener_outage_is_caught_up_from_the_log_with_nothing_lost(
     postgres_url: str,
 ) -> None:
     await upgrade(postgres_url)
-    app = start(postgres_url)
-    await app.startup()
-    try:
+    async with running(postgres_url) as app:
         assert app.store is not None and app.listener is not None
         await sql(app.store, add_worker("shop"))
         await until(lambda: "shop" in app.table.workers, "the NOTIFY")
@@ -264,22 +262,16 @@ async def test_a_listener_outage_is_caught_up_from_the_log_with_nothing_lost(
 
         assert app.listener.connected
         assert follower(app).resyncs == 0  # the log bridged the outage
-    finally:
-        await app.shutdown()
 
 
 async def test_sqlite_changes_arrive_by_the_version_poll(tmp_path: Any) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
     await upgrade(url)
-    app = start(url, registry_poll_interval=0.05)
-    await app.startup()
-    try:
+    async with running(url, registry_poll_interval=0.05) as app:
         assert app.store is not None
         await sql(app.store, add_worker("shop"))
         await until(lambda: "shop" in app.table.workers, "the poll")
         assert follower(app).changes_applied == 1
-    finally:
-        await app.shutdown()
 
 
 # -- the property: incremental apply == full reload ------------------------------------------
@@ -315,9 +307,7 @@ _operations = st.one_of(
 async def _run_property(url: str, operations: list[tuple[str, ...]]) -> None:
     async with RegistryStore.from_url(url) as store:
         await sql(store, "DELETE FROM custom_domains", "DELETE FROM workers")
-        incremental = start(url)
-        await incremental.startup()
-        try:
+        async with running(url) as incremental:
             for operation in operations:
                 if operation[0] == "request":
                     await route(incremental, operation[1])
@@ -338,8 +328,6 @@ async def _run_property(url: str, operations: list[tuple[str, ...]]) -> None:
                 cached = domains.cached(host)
                 if cached is not False:
                     assert cached == await store.lookup_domain(host), host
-        finally:
-            await incremental.shutdown()
 
 
 @settings_hypothesis(

@@ -18,7 +18,6 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as settings_hypothesis
 from hypothesis import strategies as st
 
-from dispatcher.state import DispatcherState
 from tests.workers_registry.registry_kit import (
     BASE,
     add_domain,
@@ -26,8 +25,8 @@ from tests.workers_registry.registry_kit import (
     assert_as_a_full_reload,
     follower,
     route,
+    running,
     sql,
-    start,
     until,
     upgrade_once,
     write,
@@ -64,13 +63,9 @@ _network = st.one_of(
 async def _run(url: str, steps: list[tuple[str, ...]]) -> None:
     async with RegistryStore.from_url(url) as store:
         await sql(store, "DELETE FROM custom_domains", "DELETE FROM workers")
-        gateway: DispatcherState = start(url)
-        await gateway.startup()
-        if gateway.listener is not None:  # only what the test delivers is heard
-            await gateway.listener.aclose()
-        queue: list[Announcement] = []
-        forged = 0
-        try:
+        async with running(url, deaf=True) as gateway:  # it hears only what the test delivers
+            queue: list[Announcement] = []
+            forged = 0
             for step in steps:
                 it = follower(gateway)
                 match step:
@@ -107,8 +102,6 @@ async def _run(url: str, steps: list[tuple[str, ...]]) -> None:
             assert follower(gateway).resyncs <= forged
 
             await assert_as_a_full_reload(gateway, url, _ALL_HOSTS)
-        finally:
-            await gateway.shutdown()
 
 
 @settings_hypothesis(
@@ -124,14 +117,6 @@ def test_any_delivery_of_announcements_ends_where_a_full_reload_does(
     asyncio.run(_run(registry_url, steps))
 
 
-async def _deaf(url: str) -> DispatcherState:
-    gateway: DispatcherState = start(url)
-    await gateway.startup()
-    if gateway.listener is not None:
-        await gateway.listener.aclose()
-    return gateway
-
-
 @pytest.mark.anyio
 async def test_a_forged_announcement_that_guesses_the_next_key_is_corrected_by_the_confirmation(
     store: RegistryStore,
@@ -140,8 +125,7 @@ async def test_a_forged_announcement_that_guesses_the_next_key_is_corrected_by_t
     log bears the entry out, but the row was read before the change existed."""
     url = store.engine.url.render_as_string(hide_password=False)
     await sql(store, add_worker("shop"), add_domain("a.example.org", "shop"))
-    gateway = await _deaf(url)
-    try:
+    async with running(url, deaf=True) as gateway:
         it = follower(gateway)
         assert await route(gateway, "a.example.org") == "shop"  # cached
         seq = it.applied + 1
@@ -167,8 +151,6 @@ async def test_a_forged_announcement_that_guesses_the_next_key_is_corrected_by_t
         assert gateway.table.workers["shop"].enabled is False
         assert await route(gateway, "a.example.org") != "shop"
         assert it.confirmed == it.applied == await store.version()
-    finally:
-        await gateway.shutdown()
 
 
 @pytest.mark.anyio

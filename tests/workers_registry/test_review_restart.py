@@ -19,8 +19,8 @@ from tests.workers_registry.registry_kit import (
     assert_as_a_full_reload,
     follower,
     route,
+    running,
     sql,
-    start,
     until,
 )
 from workers_registry.migrate import upgrade
@@ -59,9 +59,7 @@ async def test_a_dispatcher_catches_up_after_a_restart_during_churn(
     await upgrade(postgres_url)
     async with RegistryStore.from_url(postgres_url) as store:
         await sql(store, add_worker("shop"), add_domain("a.example.org", "shop"))
-        gateway = start(postgres_url, registry_poll_interval=0.2)
-        await gateway.startup()
-        try:
+        async with running(postgres_url, registry_poll_interval=0.2) as gateway:
             assert await route(gateway, "a.example.org") == "shop"  # cached
             await sql(store, "UPDATE workers SET preserve_host = true WHERE name = 'shop'")
             await until(lambda: gateway.table.workers["shop"].preserve_host, "the change")
@@ -85,5 +83,3 @@ async def test_a_dispatcher_catches_up_after_a_restart_during_churn(
             assert await route(gateway, f"blog.{BASE}") == "blog"
 
             await assert_as_a_full_reload(gateway, postgres_url)
-        finally:
-            await gateway.shutdown()
