@@ -192,6 +192,9 @@ async def test_duplicate_and_late_notifications_are_harmless(
 
     assert not follower(gateway)._wake.is_set()  # none of them woke the follower
     assert follower(gateway).lag == 0
+    # What a wake-up would do reads nothing: no sequence beyond what was applied was taken in.
+    # (Without it, no statement could have been sent: nothing awaited since the recorder.)
+    await follower(gateway).refresh(poll=False)
     assert follower(gateway).changes_applied == 2
     assert statements == []  # nothing was asked of the registry
 
