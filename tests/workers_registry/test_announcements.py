@@ -379,6 +379,7 @@ async def test_a_running_dispatcher_applies_notified_changes_without_reading_the
         assert await route(app, f"shop.{BASE}") == "shop"
         assert _log_reads(sent) == 0
         assert await follower(app).confirm()
+        assert _log_reads(sent) == 1  # the confirmation's (the recorder hears the follower)
         assert follower(app).confirmed == 2
         assert follower(app).resyncs == 0
 
