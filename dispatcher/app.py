@@ -14,7 +14,7 @@ from dispatcher.asgi import REQUEST_IDS
 from dispatcher.control.app import create_control_app
 from dispatcher.gateway import Gateway
 from dispatcher.proxy._h1pool import H1Pool
-from dispatcher.proxy.headers import HeaderPolicy
+from dispatcher.proxy.headers import HeaderPolicy, TrustPolicy
 from dispatcher.proxy.http import Forwarder
 from dispatcher.proxy.transport import UpstreamTransport
 from dispatcher.proxy.upstreams import UpstreamSelector
@@ -32,10 +32,13 @@ def create_app(settings: Settings, *, transport: UpstreamTransport | None = None
         networks=settings.upstream_networks,
     )
     selector = UpstreamSelector()
-    state = DispatcherState(settings, transport, selector)
+    # One judgement of which peers are proxies, for the forwarding headers and the rate
+    # limiter's client address alike.
+    trust = TrustPolicy(settings.trusted_networks)
+    state = DispatcherState(settings, transport, selector, trust)
     policy = HeaderPolicy(
         REQUEST_IDS,
-        trusted_networks=settings.trusted_networks,
+        trust=trust,
         via_name=settings.via_name,
         max_hops=settings.max_hops,
         max_header_bytes=settings.max_header_bytes,

@@ -118,8 +118,8 @@ class RoutingTable:
     workers: dict[str, WorkerEntry]
     # What a host's label names: a valid worker name, None (no subdomain), or the error.
     _subdomains: Memo[str, str | RoutingError | None] = field(init=False, compare=False, repr=False)
-    # What ``is_control_host`` answered per host (asked twice per request: once to know
-    # whether the custom-domain registry must be asked, once by ``resolve``).
+    # What ``is_control_host`` answered per host (asked on every request; a dict hit is
+    # cheaper than the set lookup and the IP-literal check).
     _control: Memo[str, bool] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -8,7 +8,8 @@ lifespan and implements the control plane's ``ControlState`` (health, metrics, `
 the registry and the verifier for the admin API).
 
 It makes the route decision for the data plane and for ``/tls/ask`` alike (``route``): the
-custom-domain answer from the cache, then the same pure ``routing.resolve`` the CLI calls.
+custom-domain answer from the cache, then the same pure routing the CLI's ``routing.resolve``
+dispatches to (``resolve_control`` or ``resolve_tenant``, the host judged once).
 It does not forward anything and writes no response: that is the gateway's job.
 """
 
@@ -28,10 +29,11 @@ from dispatcher.hosts import normalize_wire_host
 from dispatcher.logging import batched_logs
 from dispatcher.metrics import LoopLagProbe, Metrics, StateReading
 from dispatcher.onboarding import DomainVerifier, OnboardingMetrics
+from dispatcher.proxy.headers import TrustPolicy
 from dispatcher.proxy.transport import UpstreamTransport
 from dispatcher.proxy.upstreams import UpstreamSelector
 from dispatcher.ratelimit import RateLimiter
-from dispatcher.routing import DomainAnswer, Route, RoutingTable, resolve
+from dispatcher.routing import Route, RoutingTable, resolve_control, resolve_tenant
 from dispatcher.settings import Settings
 from workers_registry.announcements import PostgresListener
 from workers_registry.changes import RegistryFollower, RegistrySnapshot
@@ -50,7 +52,11 @@ class DispatcherState:
     """One dispatcher process's state and lifecycle (the control plane's ``ControlState``)."""
 
     def __init__(
-        self, settings: Settings, transport: UpstreamTransport, selector: UpstreamSelector
+        self,
+        settings: Settings,
+        transport: UpstreamTransport,
+        selector: UpstreamSelector,
+        trust: TrustPolicy,
     ) -> None:
         self.settings = settings
         self.transport = transport
@@ -68,7 +74,7 @@ class DispatcherState:
         if settings.loop_lag_probe:
             self.loop_lag = LoopLagProbe()
             self.metrics.registry.register(self.loop_lag)
-        self.limiter = RateLimiter(settings)
+        self.limiter = RateLimiter(settings, trust)
         self.metrics.registry.register(self.limiter)
         self.onboarding_metrics = OnboardingMetrics()
         self.metrics.registry.register(self.onboarding_metrics)
@@ -86,14 +92,14 @@ class DispatcherState:
         """
         host = normalize_wire_host(host_header)
         table = self.table
-        answer: DomainAnswer = None
-        if not table.is_control_host(host):  # only a tenant host needs the registry's answer
-            domains = self.domains
-            assert domains is not None, "lifespan has not run"
-            cached = domains.cached(host)  # no coroutine at all when it is cached
-            answer = await domains.resolve(host) if cached is False else cached
-        decision = resolve(host, raw_path, query, table, answer, method=method)
-        return decision if isinstance(decision, Route) else None
+        if table.is_control_host(host):  # a path or query route, or the control plane
+            decision = resolve_control(raw_path, query, table, method=method)
+            return decision if isinstance(decision, Route) else None
+        domains = self.domains  # a tenant host: the custom-domain registry's answer first
+        assert domains is not None, "lifespan has not run"
+        cached = domains.cached(host)  # no coroutine at all when it is cached
+        answer = await domains.resolve(host) if cached is False else cached
+        return resolve_tenant(host, raw_path, query, table, answer)
 
     # -- what the control plane reads (``ControlState``) ---------------------------------------
 

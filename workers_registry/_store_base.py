@@ -7,7 +7,7 @@ Every database exception raised by a query of the store is mapped onto
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Literal, Self, cast
 
@@ -17,6 +17,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from dispatcher.errors import Conflict, DispatcherError, InvalidRequest, RegistryUnavailable
+from workers_registry._store_bulk import _KEYS_PER_QUERY
 from workers_registry._store_engine import Dialect, autocommit, create_registry_engine, for_writing
 
 # What "the database cannot answer" looks like from here. Every DBAPIError that is not a
@@ -157,6 +158,15 @@ class _StoreBase:
                 if retry or not _dropped(exc):
                     raise
         raise AssertionError("unreachable")
+
+    async def _read_by_key(self, query: sa.Select[Any], keys: Collection[str]) -> list[Row[Any]]:
+        """``_read`` of ``query`` (its ``keys`` parameter an expanding list) for every key, in
+        one query per ``_KEYS_PER_QUERY`` keys."""
+        ordered = sorted(keys)
+        rows: list[Row[Any]] = []
+        for start in range(0, len(ordered), _KEYS_PER_QUERY):
+            rows.extend(await self._read(query, {"keys": ordered[start : start + _KEYS_PER_QUERY]}))
+        return rows
 
     @asynccontextmanager
     async def _transaction(

@@ -5,25 +5,17 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Row
 
 from workers_registry._store_base import _StoreBase
-from workers_registry._store_bulk import _KEYS_PER_QUERY
 from workers_registry._store_rows import (
-    _DOMAIN_COLUMNS,
     _ENTRY_COLUMNS,
-    UNREADABLE_ROW,
-    _domain,
     _entries,
     _now,
-    _unreadable_domain,
 )
 from workers_registry.entries import WorkerEntry
-from workers_registry.models import CustomDomain
-from workers_registry.tables import custom_domains, registry_changes, workers
+from workers_registry.tables import registry_changes, workers
 
 _CHANGES_AFTER = (
     sa.select(
@@ -38,9 +30,6 @@ _CHANGES_AFTER = (
 )
 _WORKERS_NAMED = sa.select(*_ENTRY_COLUMNS).where(
     workers.c.name.in_(sa.bindparam("keys", expanding=True))
-)
-_DOMAINS_NAMED = sa.select(*_DOMAIN_COLUMNS).where(
-    custom_domains.c.domain.in_(sa.bindparam("keys", expanding=True))
 )
 
 
@@ -68,32 +57,8 @@ class _ChangeQueries(_StoreBase):
     async def workers_named(self, names: Collection[str]) -> list[WorkerEntry]:
         """The entries of the workers among ``names`` that exist (valid rows only), in no
         particular order."""
-        rows = await self._rows_by_key(_WORKERS_NAMED, names)
+        rows = await self._read_by_key(_WORKERS_NAMED, names)
         return _entries(rows)
-
-    async def domains_named(self, domains: Collection[str]) -> list[CustomDomain]:
-        """The custom domains among ``domains`` (normalised keys) that exist; a row that
-        cannot be read is logged and skipped (then each key is read alone)."""
-        try:
-            return [_domain(row) for row in await self._rows_by_key(_DOMAINS_NAMED, domains)]
-        except UNREADABLE_ROW:
-            pass
-        found: list[CustomDomain] = []
-        for domain in sorted(domains):
-            try:
-                found.extend(
-                    _domain(row) for row in await self._read(_DOMAINS_NAMED, {"keys": [domain]})
-                )
-            except UNREADABLE_ROW as exc:
-                _unreadable_domain(domain, exc)
-        return found
-
-    async def _rows_by_key(self, query: sa.Select[Any], keys: Collection[str]) -> list[Row[Any]]:
-        ordered = sorted(keys)
-        rows: list[Row[Any]] = []
-        for start in range(0, len(ordered), _KEYS_PER_QUERY):
-            rows.extend(await self._read(query, {"keys": ordered[start : start + _KEYS_PER_QUERY]}))
-        return rows
 
     async def prune_changes(self, retention: float) -> int:
         """Delete change-log entries older than ``retention`` seconds; how many went."""

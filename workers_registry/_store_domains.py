@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +33,9 @@ from workers_registry.tables import custom_domains, workers
 
 _LOOKUP_DOMAIN = sa.select(*_DOMAIN_COLUMNS).where(
     custom_domains.c.domain == sa.bindparam("domain")
+)
+_DOMAINS_NAMED = sa.select(*_DOMAIN_COLUMNS).where(
+    custom_domains.c.domain.in_(sa.bindparam("keys", expanding=True))
 )
 
 
@@ -101,6 +104,17 @@ class _DomainQueries(_StoreBase):
         except UNREADABLE_ROW as exc:
             _unreadable_domain(domain, exc)
             return None
+
+    async def domains_named(self, domains: Collection[str]) -> list[CustomDomain]:
+        """The custom domains among ``domains`` (normalised keys) that exist; a row that
+        cannot be read is logged and skipped (then each key is read alone)."""
+        try:
+            return [_domain(row) for row in await self._read_by_key(_DOMAINS_NAMED, domains)]
+        except UNREADABLE_ROW:
+            pass
+        # ``lookup_domain`` logs and skips the row that cannot be read.
+        found = [await self.lookup_domain(domain) for domain in sorted(domains)]
+        return [entry for entry in found if entry is not None]
 
     async def add_domain(self, spec: CustomDomainCreate) -> CustomDomain:
         """Register a custom domain with a fresh random verification token.

@@ -80,8 +80,8 @@ def _changes(seq: int, first: object, entries: object) -> tuple[Change, ...]:
         if type(entry) is not list or len(entry) != 3:
             return ()
         table, key, op = entry
-        if table not in _TABLES:
-            return ()
+        if type(table) is not str or type(op) is not str or table not in _TABLES:
+            return ()  # (a list or an object is not even hashable)
         if not (
             (type(key) is str and op in _KEYED_OPERATIONS) or (key is None and op == "truncate")
         ):

@@ -47,7 +47,7 @@ import contextlib
 import gc
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
@@ -74,11 +74,6 @@ class RegistrySnapshot:
 
     version: int
     workers: tuple[WorkerEntry, ...]
-    loaded_at: float = field(default_factory=time.monotonic)
-
-    @property
-    def age(self) -> float:
-        return time.monotonic() - self.loaded_at
 
 
 class RegistryFollower:
@@ -179,17 +174,18 @@ class RegistryFollower:
             self._saw(seq)
         self._wake.set()
 
-    async def refresh(self, *, poll: bool = True) -> bool:
+    async def refresh(self, *, poll: bool = True, confirm: bool = False) -> bool:
         """Apply what the registry changed since the last call; False if it could not be asked.
 
         With ``poll`` false only what is known to exist is read (a notification woke the
-        follower): nothing at all when it was applied already.
+        follower): nothing at all when it was applied already. What announcements said is
+        checked against the log once per ``poll_interval``, or now with ``confirm``.
         """
         async with self._lock:
             try:
                 await self._catch_up(poll)
                 if self._unconfirmed and (
-                    time.monotonic() - self._confirmed_at >= self._poll_interval
+                    confirm or time.monotonic() - self._confirmed_at >= self._poll_interval
                 ):
                     await self._confirm()
                     await self._catch_up(poll=False)  # what the log holds past a step back
@@ -207,13 +203,7 @@ class RegistryFollower:
     async def confirm(self) -> bool:
         """Check now what announcements said against the log (``refresh`` does it once per
         ``poll_interval``); False if the registry could not be asked."""
-        async with self._lock:
-            try:
-                await self._confirm()
-                await self._catch_up(poll=False)
-            except RegistryUnavailable:
-                return False
-        return True
+        return await self.refresh(poll=False, confirm=True)
 
     def _saw(self, seq: int) -> None:
         if seq > self.head:
@@ -252,9 +242,8 @@ class RegistryFollower:
             if not changes and await self._store.version() == self.applied:
                 # Nothing after ours, and nothing was missed: the sequence announced was not
                 # the registry's (a forged NOTIFY). Believe the registry.
-                _log.warning("registry_announcement_unconfirmed", announced_seq=self.head)
+                self._refuted(announced_seq=self.head)
                 self.head = self.applied
-                self._announced.clear()
                 return
             if not changes or changes[0].seq != self.applied + 1:
                 # The entries after ours were pruned: the log cannot bridge the gap.
@@ -304,13 +293,8 @@ class RegistryFollower:
             else:
                 if entries:
                     continue
-            _log.warning(
-                "registry_announcement_unconfirmed",
-                confirmed_seq=self.confirmed,
-                applied_seq=self.applied,
-            )
+            self._refuted(confirmed_seq=self.confirmed, applied_seq=self.applied)
             self.refuted += 1
-            self._announced.clear()
             self.applied = self.confirmed  # (head stays ahead: the log is read from here)
             self._behind_since = time.monotonic()
             break
@@ -318,6 +302,11 @@ class RegistryFollower:
         self._confirmed_at = time.monotonic()
         if announced:
             await self._read_keys(announced)
+
+    def _refuted(self, **context: int) -> None:
+        """The registry does not bear out what was announced: believe none of what waits."""
+        _log.warning("registry_announcement_unconfirmed", **context)
+        self._announced.clear()
 
     async def _load(self, *, resync: bool) -> None:
         # Loading 100,000 workers makes a million objects: with the cyclic collector on, the

@@ -173,13 +173,13 @@ class HeaderPolicy:
         self,
         ids: RequestIds,
         *,
-        trusted_networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+        trust: TrustPolicy,
         via_name: str,
         max_hops: int,
         max_header_bytes: int,
     ) -> None:
         self.ids = ids
-        self._trust = TrustPolicy(trusted_networks)
+        self._trust = trust
         self._via_token = b"1.1 " + via_name.encode("ascii")
         self._max_hops = max_hops
         self._max_header_bytes = max_header_bytes

@@ -50,8 +50,8 @@ class RateLimiter(Collector):
     process alone. Built with the gateway; ``aclose`` it on shutdown. Its figures are a
     Prometheus collector (registered with the gateway's metrics)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._trust = TrustPolicy(settings.trusted_networks)
+    def __init__(self, settings: Settings, trust: TrustPolicy) -> None:
+        self._trust = trust  # (the header policy's: which peers are proxies)
         self._fail_open = settings.rate_limit_fail_open
         self._local = LocalCounters()
         url = settings.rate_limit_url

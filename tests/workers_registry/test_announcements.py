@@ -118,6 +118,8 @@ def test_a_payload_without_a_sound_sequence_gives_nothing(payload: str) -> None:
         pytest.param(7, [["workers", "a", "drop"]], id="another operation"),
         pytest.param(7, [["workers", None, "insert"]], id="no key outside a truncate"),
         pytest.param(7, [["workers", 5, "insert"]], id="a key that is not text"),
+        pytest.param(7, [[["workers"], "a", "insert"]], id="a table that is a list"),
+        pytest.param(7, [["workers", "a", {"op": "insert"}]], id="an operation that is an object"),
         pytest.param(7, [["workers", "a"]], id="a short entry"),
     ],
 )

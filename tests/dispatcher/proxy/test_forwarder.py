@@ -11,7 +11,7 @@ import pytest
 
 from dispatcher.asgi import Exchange, Headers, Message, RequestIds
 from dispatcher.errors import PayloadTooLarge, UpstreamConnectFailed
-from dispatcher.proxy.headers import HeaderPolicy
+from dispatcher.proxy.headers import HeaderPolicy, TrustPolicy
 from dispatcher.proxy.http import Forwarder
 from dispatcher.proxy.transport import Origin, RequestBody
 from dispatcher.proxy.upstreams import UpstreamSelector
@@ -87,7 +87,7 @@ def make_forwarder(transport: FakeTransport, **settings: Any) -> Forwarder:
     config = Settings(**settings)
     policy = HeaderPolicy(
         RequestIds(),
-        trusted_networks=config.trusted_networks,
+        trust=TrustPolicy(config.trusted_networks),
         via_name=config.via_name,
         max_hops=config.max_hops,
         max_header_bytes=config.max_header_bytes,

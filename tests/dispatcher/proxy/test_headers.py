@@ -58,7 +58,7 @@ def prepare(
     )
     policy = HeaderPolicy(
         ids or RequestIds(),
-        trusted_networks=NETWORKS,
+        trust=TrustPolicy(NETWORKS),
         via_name=via_name.decode("ascii"),
         max_hops=max_hops,
         max_header_bytes=max_header_bytes,
