@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -24,18 +22,18 @@ from tests.workers_registry.registry_kit import (
     BASE,
     add_domain,
     add_worker,
+    announced_up_to,
     follower,
     migrate_to,
     route,
+    running,
     sql,
-    start,
     statements_of,
     until,
 )
 from workers_registry.announcements import Announcement, read_announcement
 from workers_registry.migrate import upgrade
 from workers_registry.store import Change, RegistryStore
-from workers_registry.tables import REGISTRY_CHANNEL
 
 pytestmark = pytest.mark.anyio
 
@@ -74,63 +72,12 @@ async def _announcement(store: RegistryStore, after: int) -> Announcement:
             Announcement(3, (Change(3, "custom_domains", None, "truncate"),)),
             id="truncate",
         ),
-        pytest.param('{"seq": "42"}', None, id="string"),
-        pytest.param('{"seq": -1}', None, id="negative"),
-        pytest.param('{"seq": true}', None, id="boolean"),
-        pytest.param("[1]", None, id="array"),
-        pytest.param("not json", None, id="garbage"),
-        pytest.param('{"seq": 1' + " " * 8000 + "}", None, id="oversized"),
-        # A sequence with unsound changes keeps the sequence and drops every change.
+        # A sequence with unsound changes keeps the sequence and drops every change (more in
+        # test_unsound_changes_keep_the_sequence_alone).
         pytest.param(
             '{"seq": 8, "first": 7, "changes": [["workers", "shop", "update"]]}',
             Announcement(8),
             id="fewer changes than sequence numbers",
-        ),
-        pytest.param(
-            '{"seq": 7, "first": 8, "changes": []}', Announcement(7), id="first after seq"
-        ),
-        pytest.param(
-            '{"seq": 7, "first": 0, "changes": []}', Announcement(7), id="first before one"
-        ),
-        pytest.param(
-            '{"seq": 7, "first": true, "changes": [["workers", "a", "insert"]]}',
-            Announcement(7),
-            id="boolean first",
-        ),
-        pytest.param(
-            '{"seq": 7, "first": 7, "changes": [["pg_authid", "a", "insert"]]}',
-            Announcement(7),
-            id="another table",
-        ),
-        pytest.param(
-            '{"seq": 7, "first": 7, "changes": [["workers", "a", "drop"]]}',
-            Announcement(7),
-            id="another operation",
-        ),
-        pytest.param(
-            '{"seq": 7, "first": 7, "changes": [["workers", null, "insert"]]}',
-            Announcement(7),
-            id="no key outside a truncate",
-        ),
-        pytest.param(
-            '{"seq": 7, "first": 7, "changes": [["workers", 5, "insert"]]}',
-            Announcement(7),
-            id="a key that is not text",
-        ),
-        pytest.param(
-            '{"seq": 7, "first": 7, "changes": [[["workers"], "a", "insert"]]}',
-            Announcement(7),
-            id="a table that is a list",
-        ),
-        pytest.param(
-            '{"seq": 7, "first": 7, "changes": [["workers", "a", {"op": "insert"}]]}',
-            Announcement(7),
-            id="an operation that is an object",
-        ),
-        pytest.param(
-            '{"seq": 7, "first": 7, "changes": [["workers", "a"]]}',
-            Announcement(7),
-            id="a short entry",
         ),
         pytest.param(
             '{"seq": 100, "first": 1, "changes": '
@@ -141,8 +88,45 @@ async def _announcement(store: RegistryStore, after: int) -> Announcement:
         ),
     ],
 )
-def test_a_payload_gives_only_what_is_sound(payload: str, expected: Announcement | None) -> None:
+def test_a_payload_gives_only_what_is_sound(payload: str, expected: Announcement) -> None:
     assert read_announcement(payload) == expected
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        '{"seq": "42"}',
+        '{"seq": -1}',
+        '{"seq": true}',
+        "[1]",
+        "not json",
+        '{"seq": 1' + " " * 8000 + "}",
+    ],
+    ids=["string", "negative", "boolean", "array", "garbage", "oversized"],
+)
+def test_a_payload_without_a_sound_sequence_gives_nothing(payload: str) -> None:
+    assert read_announcement(payload) is None
+
+
+@pytest.mark.parametrize(
+    ("first", "changes"),
+    [
+        pytest.param(8, [], id="first after seq"),
+        pytest.param(0, [], id="first before one"),
+        pytest.param(True, [["workers", "a", "insert"]], id="boolean first"),
+        pytest.param(7, [["pg_authid", "a", "insert"]], id="another table"),
+        pytest.param(7, [["workers", "a", "drop"]], id="another operation"),
+        pytest.param(7, [["workers", None, "insert"]], id="no key outside a truncate"),
+        pytest.param(7, [["workers", 5, "insert"]], id="a key that is not text"),
+        pytest.param(7, [[["workers"], "a", "insert"]], id="a table that is a list"),
+        pytest.param(7, [["workers", "a", {"op": "insert"}]], id="an operation that is an object"),
+        pytest.param(7, [["workers", "a"]], id="a short entry"),
+    ],
+)
+def test_unsound_changes_keep_the_sequence_alone(first: Any, changes: list[list[Any]]) -> None:
+    payload = json.dumps({"seq": 7, "first": first, "changes": changes})
+
+    assert read_announcement(payload) == Announcement(7)
 
 
 _json = st.recursive(
@@ -175,24 +159,6 @@ def test_any_payload_is_read_without_error_and_consistently(
 # -- what Postgres announces -----------------------------------------------------------------
 
 
-@pytest.fixture
-async def heard(postgres_url: str) -> AsyncIterator[list[dict[str, Any]]]:
-    """Every payload announced on the registry channel of a migrated Postgres registry."""
-    await upgrade(postgres_url)
-    received: list[dict[str, Any]] = []
-    listener = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg", "postgresql"))
-    await listener.add_listener(
-        REGISTRY_CHANNEL, lambda *args: received.append(json.loads(args[3]))
-    )
-    yield received
-    await listener.close()
-
-
-async def _heard_up_to(store: RegistryStore, received: list[dict[str, Any]]) -> None:
-    version = await store.version()
-    await until(lambda: received and received[-1]["seq"] == version, "the announcement")
-
-
 @pytest.mark.postgres
 async def test_a_small_transaction_announces_exactly_its_log_entries(
     postgres_url: str, heard: list[dict[str, Any]]
@@ -201,7 +167,7 @@ async def test_a_small_transaction_announces_exactly_its_log_entries(
         await sql(store, add_worker("shop"), add_domain("shop.example.org", "shop"))
         # A rename: the new key, the old one and the domain the cascade moved.
         await sql(store, "UPDATE workers SET name = 'store' WHERE name = 'shop'")
-        await _heard_up_to(store, heard)
+        await announced_up_to(store, heard)
         log = await store.changes_after(0)
 
     carried = [
@@ -226,7 +192,7 @@ async def test_a_rolled_back_savepoint_is_not_announced(
             await connection.exec_driver_sql(add_worker("ghost"))
             await savepoint.rollback()
             await connection.exec_driver_sql(add_worker("blog"))
-        await _heard_up_to(store, heard)
+        await announced_up_to(store, heard)
 
     assert heard[-1] == {"seq": 2, "first": 2, "changes": [["workers", "blog", "insert"]]}
 
@@ -244,7 +210,7 @@ async def test_a_transaction_of_many_rows_is_announced_by_its_sequence_alone(
         )
         long_key = "x" * 300 + ".example.org"
         await sql(store, *(add_domain(f"{i}{long_key}", "shop") for i in range(30)))
-        await _heard_up_to(store, heard)
+        await announced_up_to(store, heard)
 
     # 33 rows: over the count; 30 long keys: over the size Postgres allows a payload.
     assert heard == [{"seq": 33}, {"seq": 63}]
@@ -266,7 +232,7 @@ async def test_a_hostile_session_setting_never_breaks_a_commit(
             )
             await connection.exec_driver_sql(add_worker("blog"))
             await connection.exec_driver_sql(add_worker("docs"))
-        await _heard_up_to(store, heard)
+        await announced_up_to(store, heard)
         log = await store.changes_after(1)
 
     assert [change.key for change in log] == ["blog", "docs"]  # committed, and logged
@@ -283,7 +249,7 @@ async def test_a_downgrade_to_0004_announces_the_sequence_alone_again(
     await migrate_to(postgres_url, "0004", down=True)
     async with RegistryStore.from_url(postgres_url) as store:
         await sql(store, add_worker("shop"))
-        await _heard_up_to(store, heard)
+        await announced_up_to(store, heard)
 
     assert heard == [{"seq": 1}]
 
@@ -403,9 +369,7 @@ async def test_a_running_dispatcher_applies_notified_changes_without_reading_the
     postgres_url: str,
 ) -> None:
     await upgrade(postgres_url)
-    app = start(postgres_url)
-    await app.startup()
-    try:
+    async with running(postgres_url) as app:
         assert app.store is not None
         sent = statements_of(app.store)
         async with RegistryStore.from_url(postgres_url) as writer:
@@ -417,10 +381,9 @@ async def test_a_running_dispatcher_applies_notified_changes_without_reading_the
         assert await route(app, f"shop.{BASE}") == "shop"
         assert _log_reads(sent) == 0
         assert await follower(app).confirm()
+        assert _log_reads(sent) == 1  # the confirmation's (the recorder hears the follower)
         assert follower(app).confirmed == 2
         assert follower(app).resyncs == 0
-    finally:
-        await app.shutdown()
 
 
 async def test_a_flood_of_announcements_keeps_a_bounded_memory(
@@ -458,11 +421,8 @@ async def test_a_sequence_announced_beyond_the_registry_costs_no_resync(
 async def test_a_forged_announcement_is_corrected_by_itself_within_the_poll_interval(
     store: RegistryStore,
 ) -> None:
-    app = start(store.engine.url.render_as_string(hide_password=False), registry_poll_interval=0.05)
-    await app.startup()
-    try:
-        if app.listener is not None:
-            await app.listener.aclose()
+    url = store.engine.url.render_as_string(hide_password=False)
+    async with running(url, deaf=True, registry_poll_interval=0.05) as app:
         await sql(store, add_worker("shop"))
         await until(lambda: "shop" in app.table.workers, "the poll")
         applied = follower(app).applied
@@ -481,5 +441,3 @@ async def test_a_forged_announcement_is_corrected_by_itself_within_the_poll_inte
         )
         assert follower(app).resyncs == 0
         assert sorted(app.table.workers) == ["shop"]
-    finally:
-        await app.shutdown()

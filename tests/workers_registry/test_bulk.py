@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from dispatcher.cli import main
 from dispatcher.errors import Conflict, InvalidRequest
+from tests.workers_registry.registry_kit import announced, announced_up_to
 from workers_registry.bulk import ImportFormat, parse_domains, parse_workers
 from workers_registry.migrate import upgrade
 from workers_registry.models import CustomDomainCreate, DomainStatus
 from workers_registry.store import RegistryStore
-from workers_registry.tables import REGISTRY_CHANNEL
 
 WORKER = '{"name": "shop", "upstreams": ["http://10.0.0.1:8080"]}'
 
@@ -102,14 +100,6 @@ def test_domains_are_normalised_and_default_to_pending() -> None:
 # -- the store -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def store(registry_url: str) -> AsyncIterator[RegistryStore]:
-    await upgrade(registry_url)
-    registry = RegistryStore.from_url(registry_url)
-    yield registry
-    await registry.aclose()
-
-
 @pytest.mark.anyio
 async def test_an_import_is_one_transaction_or_nothing(store: RegistryStore) -> None:
     workers = parse_workers([WORKER], "jsonl")
@@ -137,30 +127,22 @@ async def test_an_import_is_one_transaction_or_nothing(store: RegistryStore) -> 
 @pytest.mark.postgres
 async def test_an_import_of_100k_domains_sends_one_notification(postgres_url: str) -> None:
     await upgrade(postgres_url)
-    received: list[str] = []
-    listener = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg", "postgresql"))
-    await listener.add_listener(REGISTRY_CHANNEL, lambda *args: received.append(args[3]))
-    try:
-        async with RegistryStore.from_url(postgres_url) as store:
-            workers = parse_workers([WORKER], "jsonl")
-            await store.import_workers(workers.records, workers.labels)
-            domains = [  # built, not parsed: parsing is tested above
-                CustomDomainCreate.model_construct(
-                    domain=f"d{i}.example.org", worker="shop", status=DomainStatus.ACTIVE
-                )
-                for i in range(100_000)
-            ]
-            assert await store.import_domains(domains) == 100_000
-            deadline = asyncio.get_running_loop().time() + 10
-            while len(received) < 2 and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0)  # anything else queued after them is delivered too
-            assert await store.version() == 100_001
-    finally:
-        await listener.close()
+    async with announced(postgres_url) as received, RegistryStore.from_url(postgres_url) as store:
+        workers = parse_workers([WORKER], "jsonl")
+        await store.import_workers(workers.records, workers.labels)
+        domains = [  # built, not parsed: parsing is tested above
+            CustomDomainCreate.model_construct(
+                domain=f"d{i}.example.org", worker="shop", status=DomainStatus.ACTIVE
+            )
+            for i in range(100_000)
+        ]
+        assert await store.import_domains(domains) == 100_000
+        await announced_up_to(store, received)
+        await asyncio.sleep(0)  # anything else queued after them is delivered too
+        assert await store.version() == 100_001
 
     # The import of one worker carries its change; the 100k domains are too many to carry.
-    assert [json.loads(payload) for payload in received] == [
+    assert received == [
         {"seq": 1, "first": 1, "changes": [["workers", "shop", "insert"]]},
         {"seq": 100_001},
     ]

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from typing import Any
 
-import asyncpg
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, example, given
@@ -20,16 +18,20 @@ from tests.workers_registry.registry_kit import (
     BASE,
     add_domain,
     add_worker,
+    announced,
+    announced_up_to,
+    assert_as_a_full_reload,
     follower,
     route,
+    running,
     sql,
-    start,
     statements_of,
     until,
+    upgrade_once,
+    write,
 )
 from workers_registry.migrate import upgrade
 from workers_registry.store import Change, RegistryStore
-from workers_registry.tables import REGISTRY_CHANNEL
 
 pytestmark = pytest.mark.anyio
 
@@ -99,32 +101,24 @@ async def test_prune_drops_only_entries_older_than_the_retention(store: Registry
 @pytest.mark.postgres
 async def test_a_bulk_change_of_100k_rows_sends_one_notification(postgres_url: str) -> None:
     await upgrade(postgres_url)
-    received: list[str] = []
-    listener = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg", "postgresql"))
-    await listener.add_listener(REGISTRY_CHANNEL, lambda *args: received.append(args[3]))
-    try:
-        async with RegistryStore.from_url(postgres_url) as store:
-            await sql(
-                store,
-                add_worker("shop"),
-                "INSERT INTO custom_domains (domain, worker, status)"
-                " SELECT 'd' || i || '.example.org', 'shop', 'active'"
-                " FROM generate_series(1, 50000) AS i",
-                "INSERT INTO custom_domains (domain, worker, status)"
-                " SELECT 'e' || i || '.example.org', 'shop', 'active'"
-                " FROM generate_series(1, 50000) AS i",
-            )
-            await sql(store, add_worker("marker"))  # a later transaction, to wait for
-            deadline = asyncio.get_running_loop().time() + 10
-            while len(received) < 2 and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.01)
-            assert await store.version() == 100_002
-    finally:
-        await listener.close()
+    async with announced(postgres_url) as received, RegistryStore.from_url(postgres_url) as store:
+        await sql(
+            store,
+            add_worker("shop"),
+            "INSERT INTO custom_domains (domain, worker, status)"
+            " SELECT 'd' || i || '.example.org', 'shop', 'active'"
+            " FROM generate_series(1, 50000) AS i",
+            "INSERT INTO custom_domains (domain, worker, status)"
+            " SELECT 'e' || i || '.example.org', 'shop', 'active'"
+            " FROM generate_series(1, 50000) AS i",
+        )
+        await sql(store, add_worker("marker"))  # a later transaction, to wait for
+        await announced_up_to(store, received)
+        assert await store.version() == 100_002
 
     # The bulk transaction is announced by its sequence alone (too many changes to carry);
     # the small one carries its change.
-    assert [json.loads(payload) for payload in received] == [
+    assert received == [
         {"seq": 100_001},
         {"seq": 100_002, "first": 100_002, "changes": [["workers", "marker", "insert"]]},
     ]
@@ -198,6 +192,9 @@ async def test_duplicate_and_late_notifications_are_harmless(
 
     assert not follower(gateway)._wake.is_set()  # none of them woke the follower
     assert follower(gateway).lag == 0
+    # What a wake-up would do reads nothing: no sequence beyond what was applied was taken in.
+    # (Without it, no statement could have been sent: nothing awaited since the recorder.)
+    await follower(gateway).refresh(poll=False)
     assert follower(gateway).changes_applied == 2
     assert statements == []  # nothing was asked of the registry
 
@@ -252,9 +249,7 @@ async def test_a_listener_outage_is_caught_up_from_the_log_with_nothing_lost(
     postgres_url: str,
 ) -> None:
     await upgrade(postgres_url)
-    app = start(postgres_url)
-    await app.startup()
-    try:
+    async with running(postgres_url) as app:
         assert app.store is not None and app.listener is not None
         await sql(app.store, add_worker("shop"))
         await until(lambda: "shop" in app.table.workers, "the NOTIFY")
@@ -270,22 +265,16 @@ async def test_a_listener_outage_is_caught_up_from_the_log_with_nothing_lost(
 
         assert app.listener.connected
         assert follower(app).resyncs == 0  # the log bridged the outage
-    finally:
-        await app.shutdown()
 
 
 async def test_sqlite_changes_arrive_by_the_version_poll(tmp_path: Any) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
     await upgrade(url)
-    app = start(url, registry_poll_interval=0.05)
-    await app.startup()
-    try:
+    async with running(url, registry_poll_interval=0.05) as app:
         assert app.store is not None
         await sql(app.store, add_worker("shop"))
         await until(lambda: "shop" in app.table.workers, "the poll")
         assert follower(app).changes_applied == 1
-    finally:
-        await app.shutdown()
 
 
 # -- the property: incremental apply == full reload ------------------------------------------
@@ -318,37 +307,10 @@ _operations = st.one_of(
 )
 
 
-def _statements(operation: tuple[str, ...]) -> list[str]:
-    match operation:
-        case ("add_worker", name, upstream):
-            return [add_worker(name, upstream)]
-        case ("set_upstream", name, upstream):
-            return [f"UPDATE workers SET upstreams = '[\"{upstream}\"]' WHERE name = '{name}'"]
-        case ("toggle", name):
-            return [f"UPDATE workers SET enabled = NOT enabled WHERE name = '{name}'"]
-        case ("rename", old, new):
-            return [f"UPDATE workers SET name = '{new}' WHERE name = '{old}'"]
-        case ("remove_worker", name):
-            return [f"DELETE FROM workers WHERE name = '{name}'"]
-        case ("add_domain", host, worker, status):
-            return [add_domain(host, worker, status)]
-        case ("set_status", host, status):
-            return [f"UPDATE custom_domains SET status = '{status}' WHERE domain = '{host}'"]
-        case ("move_domain", host, worker):
-            return [f"UPDATE custom_domains SET worker = '{worker}' WHERE domain = '{host}'"]
-        case ("remove_domain", host):
-            return [f"DELETE FROM custom_domains WHERE domain = '{host}'"]
-        case ("remove_all_domains",):
-            return ["DELETE FROM custom_domains"]
-    return []
-
-
 async def _run_property(url: str, operations: list[tuple[str, ...]]) -> None:
     async with RegistryStore.from_url(url) as store:
         await sql(store, "DELETE FROM custom_domains", "DELETE FROM workers")
-        incremental = start(url)
-        await incremental.startup()
-        try:
+        async with running(url) as incremental:
             for operation in operations:
                 if operation[0] == "request":
                     await route(incremental, operation[1])
@@ -358,24 +320,17 @@ async def _run_property(url: str, operations: list[tuple[str, ...]]) -> None:
                         await route(incremental, host)
                 else:
                     with contextlib.suppress(sa.exc.IntegrityError):  # a duplicate, an FK
-                        await sql(store, *_statements(operation))
+                        await sql(store, *write(operation))
             await follower(incremental).refresh()
-            reloaded = start(url)
-            await reloaded.startup()
-            try:
-                assert incremental.table.workers == reloaded.table.workers
-                for host in (*_HOSTS, *(f"{name}.{BASE}" for name in _NAMES)):
-                    assert await route(incremental, host) == await route(reloaded, host), host
-                domains = incremental.domains
-                assert domains is not None
-                for host in _HOSTS:  # every cached answer is the registry's current one
-                    cached = domains.cached(host)
-                    if cached is not False:
-                        assert cached == await store.lookup_domain(host), host
-            finally:
-                await reloaded.shutdown()
-        finally:
-            await incremental.shutdown()
+            await assert_as_a_full_reload(
+                incremental, url, (*_HOSTS, *(f"{name}.{BASE}" for name in _NAMES))
+            )
+            domains = incremental.domains
+            assert domains is not None
+            for host in _HOSTS:  # every cached answer is the registry's current one
+                cached = domains.cached(host)
+                if cached is not False:
+                    assert cached == await store.lookup_domain(host), host
 
 
 @settings_hypothesis(
@@ -395,10 +350,5 @@ async def _run_property(url: str, operations: list[tuple[str, ...]]) -> None:
 def test_incremental_apply_gives_what_a_full_reload_gives(
     registry_url: str, operations: list[tuple[str, ...]]
 ) -> None:
-    if not _migrated.get(registry_url):
-        asyncio.run(upgrade(registry_url))
-        _migrated[registry_url] = True
+    upgrade_once(registry_url)
     asyncio.run(_run_property(registry_url, operations))
-
-
-_migrated: dict[str, bool] = {}

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import exc as sa_exc
@@ -18,7 +17,8 @@ from sqlalchemy.engine import Connection
 
 from dispatcher.errors import RegistryUnavailable
 from tests.postgres import settle_aiosqlite_threads
-from workers_registry.migrate import alembic_config, current_revision, head_revision, upgrade
+from tests.workers_registry.registry_kit import migrate_to
+from workers_registry.migrate import current_revision, head_revision, upgrade
 from workers_registry.store import RegistryStore, create_registry_engine
 from workers_registry.tables import metadata
 
@@ -157,17 +157,7 @@ async def test_status_outside_the_allowed_values_is_rejected(registry_url: str) 
 async def test_downgrade_to_base_removes_the_schema(registry_url: str) -> None:
     await upgrade(registry_url)
 
-    def downgrade(connection: Connection) -> None:
-        config = alembic_config()
-        config.attributes["connection"] = connection
-        command.downgrade(config, "base")
-
-    engine = create_registry_engine(registry_url, pooled=False)
-    try:
-        async with engine.begin() as connection:
-            await connection.run_sync(downgrade)
-    finally:
-        await engine.dispose()
+    await migrate_to(registry_url, "base", down=True)
 
     assert not REGISTRY_TABLES & await _table_names(registry_url)
     await upgrade(registry_url)  # and back up again

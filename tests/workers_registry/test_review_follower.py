@@ -18,20 +18,21 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as settings_hypothesis
 from hypothesis import strategies as st
 
-from dispatcher.state import DispatcherState
 from tests.workers_registry.registry_kit import (
     BASE,
     add_domain,
     add_worker,
+    assert_as_a_full_reload,
     follower,
     route,
+    running,
     sql,
-    start,
     until,
+    upgrade_once,
+    write,
 )
 from workers_registry.announcements import Announcement
 from workers_registry.changes import RegistryFollower
-from workers_registry.migrate import upgrade
 from workers_registry.store import Change, RegistryStore
 
 _NAMES = ("shop", "blog", "docs")
@@ -46,7 +47,7 @@ _writes = st.one_of(
     st.tuples(st.just("add_domain"), st.sampled_from(_HOSTS), st.sampled_from(_NAMES)),
     st.tuples(st.just("move_domain"), st.sampled_from(_HOSTS), st.sampled_from(_NAMES)),
     st.tuples(st.just("remove_domain"), st.sampled_from(_HOSTS)),
-    st.tuples(st.just("truncate_domains")),
+    st.tuples(st.just("remove_all_domains")),
 )
 _network = st.one_of(
     st.tuples(st.just("deliver"), st.integers(0, 30)),  # a queued announcement, maybe again
@@ -59,37 +60,12 @@ _network = st.one_of(
 )
 
 
-def _statements(write: tuple[str, ...]) -> list[str]:
-    match write:
-        case ("add_worker", name):
-            return [add_worker(name)]
-        case ("toggle", name):
-            return [f"UPDATE workers SET enabled = NOT enabled WHERE name = '{name}'"]
-        case ("rename", old, new):
-            return [f"UPDATE workers SET name = '{new}' WHERE name = '{old}'"]
-        case ("remove_worker", name):
-            return [f"DELETE FROM workers WHERE name = '{name}'"]
-        case ("add_domain", host, worker):
-            return [add_domain(host, worker)]
-        case ("move_domain", host, worker):
-            return [f"UPDATE custom_domains SET worker = '{worker}' WHERE domain = '{host}'"]
-        case ("remove_domain", host):
-            return [f"DELETE FROM custom_domains WHERE domain = '{host}'"]
-        case ("truncate_domains",):
-            return ["DELETE FROM custom_domains"]
-    return []
-
-
 async def _run(url: str, steps: list[tuple[str, ...]]) -> None:
     async with RegistryStore.from_url(url) as store:
         await sql(store, "DELETE FROM custom_domains", "DELETE FROM workers")
-        gateway: DispatcherState = start(url)
-        await gateway.startup()
-        if gateway.listener is not None:  # only what the test delivers is heard
-            await gateway.listener.aclose()
-        queue: list[Announcement] = []
-        forged = 0
-        try:
+        async with running(url, deaf=True) as gateway:  # it hears only what the test delivers
+            queue: list[Announcement] = []
+            forged = 0
             for step in steps:
                 it = follower(gateway)
                 match step:
@@ -115,7 +91,7 @@ async def _run(url: str, steps: list[tuple[str, ...]]) -> None:
                     case _ if step[0] not in ("deliver", "drop"):
                         before = await store.version()
                         with contextlib.suppress(sa.exc.IntegrityError):
-                            await sql(store, *_statements(step))
+                            await sql(store, *write(step))
                         changes = tuple(await store.changes_after(before))
                         if changes:
                             queue.append(Announcement(changes[-1].seq, changes))
@@ -125,19 +101,7 @@ async def _run(url: str, steps: list[tuple[str, ...]]) -> None:
             assert await follower(gateway).refresh()
             assert follower(gateway).resyncs <= forged
 
-            reloaded = start(url)
-            await reloaded.startup()
-            try:
-                assert gateway.table.workers == reloaded.table.workers
-                for host in _ALL_HOSTS:
-                    assert await route(gateway, host) == await route(reloaded, host), host
-            finally:
-                await reloaded.shutdown()
-        finally:
-            await gateway.shutdown()
-
-
-_migrated: set[str] = set()
+            await assert_as_a_full_reload(gateway, url, _ALL_HOSTS)
 
 
 @settings_hypothesis(
@@ -149,18 +113,8 @@ _migrated: set[str] = set()
 def test_any_delivery_of_announcements_ends_where_a_full_reload_does(
     registry_url: str, steps: list[tuple[str, ...]]
 ) -> None:
-    if registry_url not in _migrated:
-        asyncio.run(upgrade(registry_url))
-        _migrated.add(registry_url)
+    upgrade_once(registry_url)
     asyncio.run(_run(registry_url, steps))
-
-
-async def _deaf(url: str) -> DispatcherState:
-    gateway: DispatcherState = start(url)
-    await gateway.startup()
-    if gateway.listener is not None:
-        await gateway.listener.aclose()
-    return gateway
 
 
 @pytest.mark.anyio
@@ -171,8 +125,7 @@ async def test_a_forged_announcement_that_guesses_the_next_key_is_corrected_by_t
     log bears the entry out, but the row was read before the change existed."""
     url = store.engine.url.render_as_string(hide_password=False)
     await sql(store, add_worker("shop"), add_domain("a.example.org", "shop"))
-    gateway = await _deaf(url)
-    try:
+    async with running(url, deaf=True) as gateway:
         it = follower(gateway)
         assert await route(gateway, "a.example.org") == "shop"  # cached
         seq = it.applied + 1
@@ -198,8 +151,6 @@ async def test_a_forged_announcement_that_guesses_the_next_key_is_corrected_by_t
         assert gateway.table.workers["shop"].enabled is False
         assert await route(gateway, "a.example.org") != "shop"
         assert it.confirmed == it.applied == await store.version()
-    finally:
-        await gateway.shutdown()
 
 
 @pytest.mark.anyio

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.workers_registry.registry_kit import add_domain, add_worker, follower, route, sql, start
+from tests.workers_registry.registry_kit import (
+    add_domain,
+    add_worker,
+    follower,
+    route,
+    running,
+    sql,
+)
 from workers_registry.migrate import upgrade
 
 pytestmark = pytest.mark.anyio
@@ -27,9 +34,7 @@ _HOSTILE = [
 async def test_an_invalid_domain_row_costs_that_host_alone(tmp_path: object, hostile: str) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/registry.db"
     await upgrade(url)
-    gateway = start(url)
-    await gateway.startup()
-    try:
+    async with running(url) as gateway:
         assert gateway.store is not None
         await sql(
             gateway.store,
@@ -58,5 +63,3 @@ async def test_an_invalid_domain_row_costs_that_host_alone(tmp_path: object, hos
         await sql(gateway.store, add_worker("blog"))
         assert await follower(gateway).refresh()
         assert "blog" in gateway.table.workers
-    finally:
-        await gateway.shutdown()

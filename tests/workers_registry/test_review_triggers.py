@@ -10,38 +10,20 @@ makes a commit fail.
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import pytest
 import sqlalchemy as sa
 
-from tests.workers_registry.registry_kit import add_domain, add_worker, sql, until
-from workers_registry.migrate import upgrade
+from tests.workers_registry.registry_kit import add_domain, add_worker, announced_up_to, sql
 from workers_registry.store import RegistryStore
-from workers_registry.tables import REGISTRY_CHANNEL
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 
-@pytest.fixture
-async def heard(postgres_url: str) -> AsyncIterator[list[dict[str, Any]]]:
-    await upgrade(postgres_url)
-    received: list[dict[str, Any]] = []
-    listener = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg", "postgresql"))
-    await listener.add_listener(
-        REGISTRY_CHANNEL, lambda *args: received.append(json.loads(args[3]))
-    )
-    yield received
-    await listener.close()
-
-
 async def _settled(store: RegistryStore, heard: list[dict[str, Any]]) -> list[list[Any]]:
     """Wait for the announcement of the registry's version; the whole log, as payload rows."""
-    version = await store.version()
-    await until(lambda: heard and heard[-1]["seq"] == version, "the announcement")
+    await announced_up_to(store, heard)
     return [[c.seq, c.table, c.key, c.op] for c in await store.changes_after(0)]
 
 

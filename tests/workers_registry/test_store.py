@@ -56,14 +56,6 @@ def domain(name: str, worker: str = "shop", status: str = "active") -> CustomDom
 
 
 @pytest.fixture
-async def store(registry_url: str) -> AsyncIterator[RegistryStore]:
-    await upgrade(registry_url)
-    registry = RegistryStore.from_url(registry_url)
-    yield registry
-    await registry.aclose()
-
-
-@pytest.fixture
 def closed_port() -> Iterator[int]:
     """A 127.0.0.1 port nothing listens on (bound, never listening, so nobody takes it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
